@@ -1,0 +1,168 @@
+"""Shared fixtures: render the template with copier, boot rendered stacks.
+
+Environment:
+  TEMPLATE_TEST_PREPARE  a command run on each rendered project before it is
+                         built, with the project's path appended (CI uses it
+                         to provide base images where no registry is reachable).
+"""
+
+from __future__ import annotations
+
+import os
+import shlex
+import shutil
+import socket
+import subprocess
+import time
+import sys
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import pytest
+import requests
+from copier import run_copy
+
+ROOT = Path(__file__).resolve().parent.parent
+
+DEFAULTS = {
+    "project_name": "My App",
+    "framework": "flask",
+    "python_version": "3.14",
+    "postgres_version": 18,
+    "domain": "example.com",
+    "email": "admin@example.com",
+}
+FRAMEWORKS = ["flask", "django"]
+
+
+def render(destination: Path, src: Path | str = ROOT, vcs_ref: str = "HEAD", **answers) -> Path:
+    """Render the template (its working tree, uncommitted changes included) into destination."""
+    run_copy(
+        str(src),
+        destination,
+        data={**DEFAULTS, **answers},
+        defaults=True,
+        unsafe=False,
+        vcs_ref=vcs_ref,
+        quiet=True,
+    )
+    return destination
+
+
+def docker_available() -> str | None:
+    """None when a Docker engine answers, else the reason it does not."""
+    if not shutil.which("docker"):
+        return "the docker client is not installed"
+    result = subprocess.run(["docker", "info"], capture_output=True, text=True)
+    if result.returncode != 0:
+        return "no Docker engine answers `docker info`: " + result.stderr.strip().splitlines()[-1]
+    if subprocess.run(["docker", "compose", "version"], capture_output=True).returncode != 0:
+        return "the docker compose plugin is missing"
+    return None
+
+
+def pytest_collection_modifyitems(config, items):
+    reason = None
+    for item in items:
+        if item.get_closest_marker("docker"):
+            reason = reason or docker_available() or ""
+            if reason:
+                item.add_marker(pytest.mark.skip(reason=f"needs Docker: {reason}"))
+    if reason:
+        print(f"\nSkipping Docker tests: {reason}")
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def prepare_images(project: Path) -> None:
+    """Run TEMPLATE_TEST_PREPARE on the project, if set (e.g. to provide base images)."""
+    command = os.environ.get("TEMPLATE_TEST_PREPARE")
+    if command:
+        subprocess.run([*shlex.split(command), str(project)], check=True)
+
+
+class Stack:
+    """A rendered project's compose stack, driven with the real docker compose CLI."""
+
+    def __init__(self, project: Path, files: tuple[str, ...] = ("compose.yaml",)):
+        self.project = project
+        self.name = f"tt{uuid.uuid4().hex[:10]}"
+        self.files = files
+        self.http_port = free_port()
+        self.env = {**os.environ, "HTTP_PORT": str(self.http_port), "COMPOSE_PROJECT_NAME": self.name}
+
+    @property
+    def url(self) -> str:
+        return f"http://localhost:{self.http_port}"
+
+    def compose(self, *args: str, check: bool = True, timeout: float = 900, **kwargs) -> subprocess.CompletedProcess:
+        command = ["docker", "compose"]
+        for file in self.files:
+            command += ["-f", file]
+        return subprocess.run(
+            [*command, *args],
+            cwd=self.project,
+            env=self.env,
+            check=check,
+            timeout=timeout,
+            text=True,
+            capture_output=kwargs.pop("capture_output", True),
+            **kwargs,
+        )
+
+    def up(self, *extra: str) -> None:
+        try:
+            self.compose("up", "-d", "--wait", "--wait-timeout", "180", *extra)
+        except subprocess.CalledProcessError as error:
+            raise AssertionError(f"`docker compose up` failed:\n{error.stdout}\n{error.stderr}\n{self.logs()}") from None
+
+    def logs(self) -> str:
+        return self.compose("logs", "--no-color", "--tail", "200", check=False).stdout
+
+    def down(self) -> None:
+        self.compose("down", "-v", "--remove-orphans", "--timeout", "10", check=False)
+
+    def get(self, path: str, host: str = "localhost", **kwargs) -> requests.Response:
+        headers = {"Host": f"{host}:{self.http_port}", **kwargs.pop("headers", {})}
+        return requests.get(self.url + path, headers=headers, timeout=10, **kwargs)
+
+    def wait_for(self, path: str, status: int, timeout: float = 60) -> requests.Response:
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                response = self.get(path)
+                if response.status_code == status:
+                    return response
+            except requests.RequestException:
+                response = None
+            if time.monotonic() > deadline:
+                got = response.status_code if response is not None else "no answer"
+                raise AssertionError(f"GET {path} never returned {status} within {timeout}s (last: {got})\n{self.logs()}")
+            time.sleep(0.5)
+
+
+@pytest.fixture(scope="session")
+def template_root() -> Path:
+    return ROOT
+
+
+@contextmanager
+def booted(project: Path, request: pytest.FixtureRequest, *extra_up: str) -> Iterator[Stack]:
+    """Boot a rendered project's production stack; always `down -v` afterwards,
+    and print the stack's logs when a test using it failed."""
+    prepare_images(project)
+    stack = Stack(project)
+    failed_before = request.session.testsfailed
+    try:
+        stack.up("--build", *extra_up)
+        yield stack
+    finally:
+        if request.session.testsfailed > failed_before or sys.exc_info()[0] is not None:
+            print(f"\n--- docker compose logs ({project}) ---\n{stack.logs()}")
+        stack.down()

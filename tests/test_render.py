@@ -1,0 +1,201 @@
+"""Render tests (no Docker): copier questions, validation, and lint-clean output."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+from copier import run_copy
+
+from conftest import DEFAULTS, FRAMEWORKS, ROOT, render
+
+ALL_VALID = [
+    {"framework": framework, "python_version": python, "postgres_version": postgres}
+    for framework in FRAMEWORKS
+    for python in ("3.14", "3.13")
+    for postgres in (18, 17)
+]
+
+
+def rendered_files(project: Path) -> list[Path]:
+    return [p for p in project.rglob("*") if p.is_file() and ".git" not in p.parts]
+
+
+@pytest.fixture(scope="module", params=FRAMEWORKS)
+def project(request, tmp_path_factory) -> Path:
+    return render(tmp_path_factory.mktemp(request.param) / "project", framework=request.param)
+
+
+def test_defaults_render_unattended(tmp_path):
+    result = subprocess.run(
+        [sys.executable, "-m", "copier", "copy", "--defaults", "--vcs-ref", "HEAD", str(ROOT), str(tmp_path / "p")],
+        capture_output=True,
+        text=True,
+    )
+    assert result.returncode == 0, result.stderr
+    answers = yaml.safe_load((tmp_path / "p" / ".copier-answers.yml").read_text())
+    assert answers["project_slug"] == "my_app"
+    assert answers["framework"] == "flask"
+    assert answers["python_version"] == "3.14"
+    assert answers["postgres_version"] == 18
+
+
+@pytest.mark.parametrize("answers", ALL_VALID, ids=lambda a: "-".join(str(v) for v in a.values()))
+def test_each_valid_choice_renders(tmp_path, answers):
+    project = render(tmp_path / "p", **answers)
+    compose = yaml.safe_load((project / "compose.yaml").read_text())
+    assert compose["services"]["db"]["image"] == f"postgres:{answers['postgres_version']}"
+    volume = compose["services"]["db"]["volumes"][0]
+    expected = "/var/lib/postgresql" if answers["postgres_version"] >= 18 else "/var/lib/postgresql/data"
+    assert volume == f"db-data:{expected}"
+    assert f"python:{answers['python_version']}-slim" in (project / "Dockerfile").read_text()
+    assert (project / ".python-version").read_text().strip() == answers["python_version"]
+    package = project / "my_app"
+    assert package.is_dir()
+    if answers["framework"] == "django":
+        assert (project / "manage.py").is_file()
+        assert not (project / "migrations").exists()
+    else:
+        assert (project / "migrations" / "env.py").is_file()
+        assert not (project / "manage.py").exists()
+
+
+def test_slug_is_derived_from_the_name(tmp_path):
+    project = render(tmp_path / "p", project_name="Acme Shop-2")
+    answers = yaml.safe_load((project / ".copier-answers.yml").read_text())
+    assert answers["project_slug"] == "acme_shop_2"
+    assert (project / "acme_shop_2").is_dir()
+
+
+INVALID = [
+    ({"project_name": "   "}, "The project name must not be empty"),
+    ({"project_name": "<script>"}, "The project name may use letters"),
+    ({"project_slug": "My-App"}, "must be a Python identifier"),
+    ({"project_slug": "1app"}, "must be a Python identifier"),
+    ({"project_slug": "django"}, "clashes with a module"),
+    ({"domain": "https://example.com"}, "must be a lower-case hostname"),
+    ({"domain": "exa mple.com"}, "must be a lower-case hostname"),
+    ({"domain": "-bad.example.com"}, "must be a lower-case hostname"),
+    ({"email": "not-an-email"}, "must look like name@example.com"),
+    ({"framework": "rails"}, "framework"),
+    ({"python_version": "3.12"}, "python_version"),
+    ({"postgres_version": 16}, "postgres_version"),
+]
+
+
+@pytest.mark.parametrize(("answers", "message"), INVALID, ids=lambda v: str(v))
+def test_invalid_answers_are_rejected_and_nothing_is_written(tmp_path, answers, message):
+    destination = tmp_path / "p"
+    args = [sys.executable, "-m", "copier", "copy", "--defaults", "--vcs-ref", "HEAD"]
+    for key, value in answers.items():
+        args += ["--data", f"{key}={value}"]
+    result = subprocess.run([*args, str(ROOT), str(destination)], capture_output=True, text=True)
+    assert result.returncode != 0
+    assert message in result.stderr + result.stdout
+    assert not destination.exists() or not any(destination.iterdir())
+
+
+def test_validation_error_is_one_clear_line(tmp_path):
+    with pytest.raises(Exception) as error:
+        run_copy(str(ROOT), tmp_path / "p", data={**DEFAULTS, "domain": "Not A Host"}, defaults=True,
+                 vcs_ref="HEAD", quiet=True)
+    message = str(error.value)
+    assert "The domain must be a lower-case hostname" in message
+    assert "\n" not in message.strip()
+
+
+def test_no_template_residue(project):
+    for path in rendered_files(project):
+        assert not path.name.endswith(".jinja"), path
+        assert "{%" not in path.name and "{{" not in path.name, path
+        text = path.read_text()
+        assert text.strip(), f"{path} is empty"
+        if path.name == "uv.lock":
+            continue
+        assert not re.search(r"{%-?\s|\s-?%}|{{\s|\s}}(?!')", text) or path.suffix == ".html", path
+        # Python style puts two blank lines between top-level definitions; elsewhere one is the most.
+        allowed_blank_lines = 2 if path.suffix in (".py", ".mako") else 1
+        assert "\n" * (allowed_blank_lines + 2) not in text, f"{path} has a run of blank lines"
+        assert text.endswith("\n") and not text.endswith("\n\n"), f"{path} must end with exactly one newline"
+        assert not re.search(r"[ \t]+$", text, re.MULTILINE), f"{path} has trailing whitespace"
+
+
+def test_env_holds_strong_fresh_secrets(tmp_path):
+    envs = []
+    for name in ("a", "b"):
+        project = render(tmp_path / name)
+        env = dict(line.split("=", 1) for line in (project / ".env").read_text().splitlines()
+                   if line and not line.startswith("#"))
+        envs.append(env)
+        assert re.fullmatch(r"[0-9a-f]{64}", env["SECRET_KEY"])
+        assert re.fullmatch(r"[0-9a-f]{40}", env["POSTGRES_PASSWORD"])
+        assert len(set(env["SECRET_KEY"])) > 8
+        assert ".env" in (project / ".gitignore").read_text().splitlines()
+        assert ".env" in (project / ".dockerignore").read_text().splitlines()
+    assert envs[0]["SECRET_KEY"] != envs[1]["SECRET_KEY"]
+    assert envs[0]["POSTGRES_PASSWORD"] != envs[1]["POSTGRES_PASSWORD"]
+
+
+def test_env_example_documents_every_variable_compose_reads(project):
+    compose = (project / "compose.yaml").read_text()
+    used = set(re.findall(r"\$\{([A-Z_]+)", compose))
+    documented = set(re.findall(r"^#?\s?([A-Z_]+)=", (project / ".env.example").read_text(), re.MULTILINE))
+    assert used - documented == set()
+
+
+def test_ruff_passes_on_generated_python(project):
+    result = subprocess.run([sys.executable, "-m", "ruff", "check", "--no-cache", "."], cwd=project,
+                            capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout + result.stderr
+    result = subprocess.run([sys.executable, "-m", "ruff", "format", "--check", "--no-cache", "."], cwd=project,
+                            capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_hadolint_passes_with_no_warnings(project):
+    hadolint = Path(sys.executable).parent / "hadolint"
+    result = subprocess.run([str(hadolint), "--config", ".hadolint.yaml", "Dockerfile"], cwd=project,
+                            capture_output=True, text=True)
+    assert result.returncode == 0 and not result.stdout.strip(), result.stdout + result.stderr
+
+
+def test_yaml_files_parse(project):
+    for path in rendered_files(project):
+        if path.suffix in (".yml", ".yaml"):
+            assert yaml.safe_load(path.read_text()) is not None, path
+
+
+@pytest.mark.parametrize("files", [("compose.yaml",), ("compose.yaml", "compose.override.yaml")])
+def test_compose_config_is_valid(project, files):
+    args = ["docker", "compose"]
+    for file in files:
+        args += ["-f", file]
+    result = subprocess.run([*args, "config", "-q"], cwd=project, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+
+
+def test_production_compose_publishes_only_nginx(project):
+    compose = yaml.safe_load((project / "compose.yaml").read_text())
+    published = {name for name, service in compose["services"].items() if service.get("ports")}
+    assert published == {"nginx"}
+    assert compose["services"]["app"]["depends_on"]["migrate"]["condition"] == "service_completed_successfully"
+    assert compose["services"]["nginx"]["depends_on"]["app"]["condition"] == "service_healthy"
+    assert "healthcheck" in compose["services"]["db"] and "healthcheck" in compose["services"]["nginx"]
+
+
+def test_lock_file_covers_pyproject(project):
+    """uv.lock names the project and every dependency pyproject.toml asks for.
+
+    Whether it is fully up to date is checked by `uv sync --locked` in the
+    Docker build (the stack tests): uv needs the project's Python to lock.
+    """
+    lock = (project / "uv.lock").read_text()
+    names = set(re.findall(r'^name = "([^"]+)"', lock, re.MULTILINE))
+    assert "my-app" in names
+    pyproject = (project / "pyproject.toml").read_text()
+    for requirement in re.findall(r'^    "([a-z][a-z0-9-]*)', pyproject, re.MULTILINE):
+        assert requirement in names, f"{requirement} is in pyproject.toml but not in uv.lock"
