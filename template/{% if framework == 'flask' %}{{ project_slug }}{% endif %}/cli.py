@@ -25,7 +25,8 @@ def release(static_dir: Path) -> None:
     """
     upgrade()
     shutil.copytree(current_app.static_folder, static_dir, dirs_exist_ok=True)
-    click.echo(f"release {current_app.config['APP_RELEASE']}: migrations applied, static files in {static_dir}")
+    release_id = current_app.config["APP_RELEASE"]
+    click.echo(f"release {release_id}: migrations applied, static files in {static_dir}")
 
 
 def init_app(app: Flask) -> None:
