@@ -1,0 +1,159 @@
+"""Stack tests: render a project, boot its production stack (compose.yaml only,
+no override) with real Docker, and check it through nginx.
+
+One stack per framework serves every test in this module, in order: the tests
+that stop the database or restart the stack come last.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import uuid
+
+import docker
+import pytest
+import requests
+
+from conftest import FRAMEWORKS, Stack, booted, render
+
+pytestmark = pytest.mark.docker
+
+
+@pytest.fixture(scope="module", params=FRAMEWORKS)
+def stack(request, tmp_path_factory):
+    project = render(tmp_path_factory.mktemp(request.param) / "project", framework=request.param)
+    with booted(project, request) as stack:
+        yield stack
+
+
+def canonical(page: str) -> str:
+    match = re.search(r'<link rel="canonical" href="([^"]+)"', page)
+    assert match, "the home page has no canonical link"
+    return match.group(1)
+
+
+def visits(page: str) -> int:
+    match = re.search(r'id="visits">(\d+)<', page)
+    assert match, "the home page shows no visit counter"
+    return int(match.group(1))
+
+
+def stylesheet(page: str) -> str:
+    match = re.search(r'<link rel="stylesheet" href="([^"]+)"', page)
+    assert match, "the home page links no stylesheet"
+    return match.group(1)
+
+
+def test_health_endpoints_through_nginx(stack: Stack):
+    healthz = stack.get("/healthz")
+    assert healthz.status_code == 200
+    assert healthz.json() == {"status": "ok", "release": "dev"}
+    readyz = stack.get("/readyz")
+    assert readyz.status_code == 200
+    assert readyz.json()["status"] == "ok"
+
+
+def test_home_page_counts_visits(stack: Stack):
+    first = stack.get("/")
+    second = stack.get("/")
+    assert first.status_code == second.status_code == 200
+    assert visits(second.text) == visits(first.text) + 1
+
+
+def test_stylesheet_is_served_by_nginx_not_the_app(stack: Stack):
+    url = stylesheet(stack.get("/").text)
+    path = url.split("?")[0]
+    response = stack.get(url)
+    assert response.status_code == 200
+    assert response.headers["Content-Type"].startswith("text/css")
+    assert "max-age=31536000" in response.headers["Cache-Control"], "versioned assets get a long cache lifetime"
+    on_disk = stack.compose("exec", "-T", "nginx", "cat", "/usr/share/nginx/static/" + path.removeprefix("/static/"))
+    assert response.content == on_disk.stdout.encode()
+    assert path not in stack.compose("logs", "--no-color", "app").stdout, "the app served a static file"
+
+
+def test_security_headers_and_no_version_leak(stack: Stack):
+    response = stack.get("/")
+    assert response.headers["X-Content-Type-Options"] == "nosniff"
+    assert response.headers["Referrer-Policy"]
+    assert response.headers["X-Frame-Options"] == "DENY"
+    assert response.headers["Server"] == "nginx"
+
+
+def test_text_is_gzipped(stack: Stack):
+    url = stylesheet(stack.get("/").text)
+    response = stack.get(url, headers={"Accept-Encoding": "gzip"}, stream=True)
+    assert response.headers.get("Content-Encoding") == "gzip"
+    assert "Accept-Encoding" in response.headers.get("Vary", "")
+
+
+def test_unknown_host_is_refused(stack: Stack):
+    with pytest.raises(requests.ConnectionError):
+        stack.get("/healthz", host="attacker.example")
+
+
+def test_client_forged_forwarded_headers_are_replaced(stack: Stack):
+    probe = uuid.uuid4().hex
+    response = stack.get(
+        f"/?probe={probe}",
+        headers={"X-Forwarded-For": "6.6.6.6", "X-Forwarded-Proto": "https", "X-Forwarded-Host": "evil.example"},
+    )
+    assert response.status_code == 200
+    # nginx replaced the client's X-Forwarded-Proto and -Host with its own.
+    assert canonical(response.text) == f"http://localhost:{stack.http_port}/"
+    # Gunicorn logs the X-Forwarded-For it received first on each access line.
+    lines = [line for line in stack.compose("logs", "--no-color", "app").stdout.splitlines() if probe in line]
+    assert lines, "the probe request is not in the app's access log"
+    client = lines[-1].split("|", 1)[1].split()[0]
+    assert client != "6.6.6.6" and re.fullmatch(r"[0-9a-f.:]+", client), lines[-1]
+
+
+def test_forwarded_https_from_the_trusted_hop_builds_https_urls(stack: Stack):
+    # nginx is the trusted hop: a request from its container with
+    # X-Forwarded-Proto: https is what the TLS-terminating proxy sends.
+    result = stack.compose(
+        "exec", "-T", "nginx", "curl", "-fsS",
+        "-H", "Host: example.com",
+        "-H", "X-Forwarded-Proto: https",
+        "-H", "X-Forwarded-Host: example.com",
+        "-H", "X-Forwarded-Port: 443",
+        "-H", "X-Forwarded-For: 203.0.113.9",
+        "http://app:8000/",
+    )
+    assert canonical(result.stdout) == "https://example.com/"
+
+
+def test_image_runs_as_non_root_with_a_healthcheck(stack: Stack):
+    client = docker.from_env()
+    app = client.containers.get(stack.compose("ps", "-q", "app").stdout.strip())
+    config = app.image.attrs["Config"]
+    assert config["User"] and config["User"].split(":")[0] not in ("", "0", "root")
+    assert config["Healthcheck"]["Test"][0] in ("CMD", "CMD-SHELL")
+    assert app.attrs["State"]["Health"]["Status"] == "healthy"
+    assert app.exec_run("id -u").output.decode().strip() != "0"
+    assert config["Env"] and any(e.startswith("PYTHONUNBUFFERED=") for e in config["Env"])
+    # Nothing but nginx publishes a port.
+    for container in client.containers.list(filters={"label": f"com.docker.compose.project={stack.name}"}):
+        service = container.labels["com.docker.compose.service"]
+        published = {k: v for k, v in (container.attrs["NetworkSettings"]["Ports"] or {}).items() if v}
+        assert bool(published) == (service == "nginx"), f"{service} publishes {json.dumps(published)}"
+
+
+def test_readyz_follows_the_database(stack: Stack):
+    stack.compose("stop", "db")
+    try:
+        stack.wait_for("/readyz", 503, timeout=30)
+        assert stack.get("/healthz").status_code == 200
+        assert stack.get("/readyz").json()["status"] == "unavailable"
+    finally:
+        stack.compose("start", "db")
+    stack.wait_for("/readyz", 200, timeout=60)
+
+
+def test_data_survives_down_and_up(stack: Stack):
+    before = visits(stack.get("/").text)
+    stack.compose("down")
+    stack.up()
+    stack.wait_for("/readyz", 200)
+    assert visits(stack.get("/").text) == before + 1
