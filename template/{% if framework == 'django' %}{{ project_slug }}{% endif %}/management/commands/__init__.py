@@ -1,0 +1,1 @@
+"""`python manage.py release` and any other command added here."""

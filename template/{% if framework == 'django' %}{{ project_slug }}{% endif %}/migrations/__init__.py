@@ -1,0 +1,1 @@
+"""Database migrations: `python manage.py makemigrations` writes new ones here."""
