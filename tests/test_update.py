@@ -583,7 +583,8 @@ def psql(stack: Stack, sql: str) -> str:
 def test_postgres_major_change_keeps_the_data(template_repo, tmp_path):
     """A project with data on PostgreSQL 17 changes postgres_version to 18: the
     update warns and leaves the database alone; scripts/upgrade-postgres dumps,
-    restores into 18 on a fresh volume, verifies, and keeps the old cluster."""
+    restores into 18 on a fresh volume, verifies, and keeps the old cluster. A
+    restore that fails puts the old cluster back, and a second run succeeds."""
     project = generate(template_repo, tmp_path / "project", V1, postgres_version=17)
     prepare_images(project)
     stack = Stack(project)
@@ -594,6 +595,16 @@ def test_postgres_major_change_keeps_the_data(template_repo, tmp_path):
             CREATE TABLE note (id serial PRIMARY KEY, body text NOT NULL UNIQUE);
             INSERT INTO note (body) VALUES ('first'), ('zweite Notiz, äöü'), ('third');
             CREATE TABLE empty_table (id int);
+            CREATE ROLE reader;
+            GRANT SELECT ON note TO reader;
+            -- pg_dump's documented blind spot: a CHECK constraint that reads another
+            -- table fails on restore when that table's rows are loaded later.
+            CREATE TABLE zz_allowed (name text PRIMARY KEY);
+            INSERT INTO zz_allowed VALUES ('yes');
+            CREATE FUNCTION is_allowed(text) RETURNS boolean LANGUAGE sql
+                AS 'SELECT EXISTS (SELECT FROM public.zz_allowed WHERE name = $1)';
+            CREATE TABLE guarded (name text CHECK (is_allowed(name)));
+            INSERT INTO guarded VALUES ('yes');
         """)
 
         update = run("scripts/update-template", "--vcs-ref", V2, "--data", "postgres_version=18", cwd=project, check=False)
@@ -604,17 +615,31 @@ def test_postgres_major_change_keeps_the_data(template_repo, tmp_path):
         # The update touched files only: the database still runs on 17, data intact.
         assert psql(stack, "SHOW server_version_num").startswith("17")
         commit_all(project, "Update the template, PostgreSQL 18")
-
         prepare_images(project)
+
+        failed = run("scripts/upgrade-postgres", "--yes", cwd=project, env=env, check=False)
+        assert failed.returncode != 0, failed.stdout + failed.stderr
+        assert "holds PostgreSQL 17 again, as before" in failed.stderr, failed.stdout + failed.stderr
+        assert clusters(stack) == ["17 PG_VERSION"]
+
+        # Fix the cause on 17, the way a team would: the old compose.yaml, for a moment.
+        git(project, "checkout", "HEAD~1", "--", "compose.yaml")
+        stack.compose("up", "--detach", "--wait", "db")
+        psql(stack, "DROP TABLE guarded; DROP FUNCTION is_allowed")
+        stack.compose("stop", "db")
+        git(project, "checkout", "HEAD", "--", "compose.yaml")
+
         upgrade = run("scripts/upgrade-postgres", "--yes", cwd=project, env=env, check=False)
         assert upgrade.returncode == 0, upgrade.stdout + upgrade.stderr
-        assert "verified: 2 tables, the same row counts as before" in upgrade.stdout
+        assert "verified: 3 tables, as many rows as before" in upgrade.stdout
 
         assert psql(stack, "SHOW server_version_num").startswith("18")
         assert psql(stack, "SELECT string_agg(body, '|' ORDER BY id) FROM note") == "first|zweite Notiz, äöü|third"
         assert psql(stack, "INSERT INTO note (body) VALUES ('fourth') RETURNING id") == "4"
+        assert psql(stack, "SELECT has_table_privilege('reader', 'note', 'SELECT')") == "t"
+        assert clusters(stack) == ["18 18/docker/PG_VERSION"]
         backups = backup_volumes(stack)
-        assert len(backups) == 1 and re.fullmatch(rf"{stack.name}_db-data-pg17-\d{{14}}", backups[0])
+        assert len(backups) == 2 and all(re.fullmatch(rf"{stack.name}_db-data-pg17-\d{{14}}", b) for b in backups)
 
         again = run("scripts/upgrade-postgres", "--yes", cwd=project, env=env, check=False)
         assert again.returncode == 0 and "already holds PostgreSQL 18: nothing to upgrade" in again.stdout
@@ -624,6 +649,16 @@ def test_postgres_major_change_keeps_the_data(template_repo, tmp_path):
             subprocess.run(["docker", "volume", "rm", volume], capture_output=True)
     gone = run("scripts/upgrade-postgres", "--yes", cwd=project, env=env, check=False)
     assert gone.returncode == 0 and "no db-data volume" in gone.stdout
+
+
+def clusters(stack: Stack) -> list[str]:
+    """The PostgreSQL clusters in the db-data volume: "MAJOR PATH/PG_VERSION"."""
+    result = subprocess.run(
+        ["docker", "run", "--rm", "--volume", f"{stack.name}_db-data:/volume:ro", "--entrypoint", "sh", "postgres:18",
+         "-c", 'for f in /volume/PG_VERSION /volume/*/docker/PG_VERSION; do [ -s "$f" ] && echo "$(cat "$f") ${f#/volume/}"; done; true'],
+        capture_output=True, text=True, check=True,
+    )
+    return result.stdout.split("\n")[:-1]
 
 
 def backup_volumes(stack: Stack) -> list[str]:
