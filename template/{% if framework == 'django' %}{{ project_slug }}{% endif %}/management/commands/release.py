@@ -3,7 +3,9 @@
 import shutil
 from pathlib import Path
 
+from django.apps import apps
 from django.conf import settings
+from django.contrib.staticfiles import finders
 from django.core.management import BaseCommand, call_command
 
 
@@ -29,10 +31,25 @@ class Command(BaseCommand):
         collected = Path(settings.STATIC_ROOT)
         if (collected / "staticfiles.json").is_file():
             shutil.copytree(collected, static_dir, dirs_exist_ok=True)
-            published = f"static files in {static_dir}"
+            published = "collected static files"
         else:
-            # The production image collects them at build time; the development
-            # image does not, and there runserver serves static files itself.
-            published = f"no collected static files in {collected}, none published"
-            self.stderr.write(self.style.WARNING(published))
-        self.stdout.write(f"release {settings.APP_RELEASE}: migrations applied, {published}")
+            # The development image collects nothing at build time, and its
+            # pages (DEBUG on) link to the files' own names: publish those.
+            published = f"static files as found in the code (nothing collected in {collected})"
+            self.publish_sources(static_dir)
+        self.stdout.write(
+            f"release {settings.APP_RELEASE}: migrations applied, {published} in {static_dir}"
+        )
+
+    def publish_sources(self, static_dir: Path) -> None:
+        """Copy each static file the finders see, the first one found for each
+        name winning, as collectstatic would, but under its unhashed name."""
+        ignore = apps.get_app_config("staticfiles").ignore_patterns
+        published = set()
+        for finder in finders.get_finders():
+            for path, storage in finder.list(ignore):
+                name = str(Path(getattr(storage, "prefix", None) or "", path))
+                if name not in published:
+                    published.add(name)
+                    (static_dir / name).parent.mkdir(parents=True, exist_ok=True)
+                    shutil.copyfile(storage.path(path), static_dir / name)
