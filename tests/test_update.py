@@ -122,7 +122,8 @@ def release_1_1_0(repo: Path) -> None:
                 text = path.read_text()
             except UnicodeDecodeError:
                 continue
-            changed = text.replace("site.css", "app.css").replace(r"site\.css", r"app\.css")
+            # "css/site" also catches regular expressions such as css/site\.[0-9a-f]{12}\.css.
+            changed = text.replace("css/site", "css/app").replace("site.css", "app.css")
             if changed != text:
                 path.write_text(changed)
     add_migration(
