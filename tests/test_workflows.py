@@ -342,6 +342,7 @@ def test_ci_tests_job_passes_with_its_own_service_and_env(docker_project):
     name = f"tt{uuid.uuid4().hex[:10]}"
     env = [arg for key, value in {**service["env"], **job["env"]}.items() for arg in ("-e", f"{key}={value}")]
     uv = Path(sys.executable).parent / "uv"
+    assert uv.is_file(), "uv comes with tests/requirements.txt"
     subprocess.run(["docker", "run", "--detach", "--name", name, *env[: 2 * len(service["env"])],
                     *shlex.split(service["options"]), service["image"]], check=True, capture_output=True)
     try:
