@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 import subprocess
 import sys
@@ -201,3 +202,29 @@ def test_lock_file_covers_pyproject(project):
     pyproject = (project / "pyproject.toml").read_text()
     for requirement in re.findall(r'^    "([a-z][a-z0-9-]*)', pyproject, re.MULTILINE):
         assert requirement in names, f"{requirement} is in pyproject.toml but not in uv.lock"
+
+
+def shell_scripts(project: Path) -> list[Path]:
+    return [
+        path
+        for path in rendered_files(project)
+        if path.suffix == ".sh" or path.read_text().startswith(("#!/usr/bin/env bash", "#!/bin/sh", "#!/bin/bash"))
+    ]
+
+
+def test_shell_scripts_pass_shellcheck(project):
+    scripts = shell_scripts(project)
+    assert len(scripts) >= 5
+    shellcheck = Path(sys.executable).parent / "shellcheck"
+    result = subprocess.run([str(shellcheck), *map(str, scripts)], cwd=project, capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_every_user_command_has_help(project):
+    commands = sorted(p for p in (project / "scripts").iterdir() if p.is_file() and os.access(p, os.X_OK))
+    names = {p.name for p in commands}
+    assert {"provision", "deploy", "rollback", "backup", "restore", "logs", "status"} <= names
+    for command in commands:
+        result = subprocess.run([str(command), "--help"], cwd=project, capture_output=True, text=True, timeout=20)
+        assert result.returncode == 0, f"{command.name} --help: {result.stderr}"
+        assert "Usage" in result.stdout or "usage" in result.stdout, f"{command.name} --help prints no usage"
