@@ -188,6 +188,7 @@ cmd_deploy() {
         switch "$release" "$current" "$timeout" "$action" "$source"
     fi
     refresh_nginx
+    check_nginx_serves "$release"
     prune_images "$keep"
 }
 
@@ -285,6 +286,27 @@ switch() {
     step "draining ${current:-the old release}: requests in flight finish, then its containers stop"
     docker stop "${old[@]}" >/dev/null
     docker rm "${old[@]}" >/dev/null
+}
+
+# nginx keeps the old addresses until it resolves app again. A request sent
+# to one now waits for proxy_connect_timeout before nginx tries the new
+# release and stops using the old address: better one of ours than a
+# visitor's. /healthz answers over plain http even with HTTPS on.
+check_nginx_serves() {
+    local release=$1 port answers=0 deadline=$((SECONDS + 60)) answer
+    step "checking that nginx serves $release"
+    port=$(env_value HTTP_PORT)
+    while [ "$answers" -lt 5 ]; do
+        answer=$(curl --silent --max-time 10 --header 'Host: localhost' "http://127.0.0.1:${port:-80}/healthz" || true)
+        if [[ ${answer//[[:space:]]/} == *"\"release\":\"$release\""* ]]; then
+            answers=$((answers + 1))
+        else
+            answers=0
+            [ "$SECONDS" -lt "$deadline" ] ||
+                die "$release is live, but nginx does not serve it on /healthz (last answer: ${answer:-none}); see scripts/status"
+            sleep 1
+        fi
+    done
 }
 
 # nginx's container is recreated (or restarted) only when its configuration
@@ -460,7 +482,8 @@ cmd_status() {
     port=$(env_value HTTP_PORT)
     if answer=$(curl --silent --show-error --max-time 5 --header 'Host: localhost' "http://127.0.0.1:${port:-80}/healthz" 2>&1); then
         say "serving   $answer (GET /healthz through nginx)"
-        [[ $answer == *"\"release\":\"$current\""* ]] || problems+=("nginx serves another release than $current")
+        [[ ${answer//[[:space:]]/} == *"\"release\":\"$current\""* ]] ||
+            problems+=("nginx serves another release than $current")
     else
         say "serving   nothing: $answer"
         problems+=("/healthz does not answer through nginx")
@@ -1007,6 +1030,22 @@ case $COMMAND in
         project_dir
         compose "$@"
         ;;
-    help | -h | --help) sed -n '2,13p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//' ;;
+    help | -h | --help)
+        cat <<'EOF'
+Usage: server.sh COMMAND [ARG...]
+
+The server side of the deploy scripts: they run it over SSH as
+/srv/<project>/scripts/server.sh. You can run it there too.
+
+  provision --project NAME ...  as root: set the server up (scripts/provision)
+  deploy RELEASE [OPTIONS]      switch to the image <project>:RELEASE, already here
+  rollback [RELEASE]            back to the previous release (or RELEASE)
+  releases                      the releases that went live (releases.log)
+  backup                        pg_dump into backups/, keeping BACKUP_KEEP (14)
+  restore FILE                  pg_restore FILE (in backups/) into the database
+  status                        release, health, what nginx serves
+  compose ARGS...               docker compose, as the deploy scripts run it
+EOF
+        ;;
     *) die "unknown command (provision, deploy, rollback, releases, backup, restore, status, compose)" ;;
 esac
