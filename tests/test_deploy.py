@@ -11,7 +11,8 @@ no-registry path), except one release pushed to a registry inside the VPS
 
 One VPS serves the whole module, and the tests run in order, each starting
 from where the previous one left the server: provision, first deploy, backup,
-zero-downtime deploy, broken release, registry deploy, rollback, restore.
+zero-downtime deploy (built from the working tree), broken release, registry
+deploy, rollback, restore.
 """
 
 from __future__ import annotations
@@ -116,14 +117,19 @@ def vps(tmp_path_factory, request):
 
 @pytest.fixture(scope="module")
 def project(tmp_path_factory):
-    """A rendered project, with its releases built as images: relA, relB, relC,
-    and `broken`, whose /healthz answers 404 (and whose Docker healthcheck
-    therefore fails) while it would serve anything else."""
+    """A rendered project in a git repository, with releases built as images:
+    relA, relC, and `broken`, whose /healthz answers 404 (so its Docker
+    healthcheck fails) while it would serve anything else. The second release
+    is the one `scripts/deploy HOST` builds itself, named after the commit."""
     suffix = uuid.uuid4().hex[:6]
     root = render(tmp_path_factory.mktemp("deploy") / "project", project_name=f"Deploy Check {suffix}")
     slug = f"deploy_check_{suffix}"
     prepare_images(root)
-    for release in ("relA", "relB", "relC"):
+    git = ("git", "-C", str(root), "-c", "user.name=Test", "-c", "user.email=test@example.com")
+    run(*git, "init", "--quiet")
+    run(*git, "add", "--all")
+    run(*git, "commit", "--quiet", "--message", "The generated project")
+    for release in ("relA", "relC"):
         run(
             "docker", "build", "--quiet", "--target", "production", "--build-arg", f"APP_RELEASE={release}",
             "--tag", f"{slug}:{release}", str(root),
@@ -340,25 +346,29 @@ def test_backup_on_demand_and_scheduled(vps, project, state, tmp_path):
 
 
 def test_deploy_under_load_has_zero_downtime_and_keeps_the_data(vps, project, state):
+    root, slug = project
+    # No IMAGE: deploy builds this working tree as release <commit>.
+    release = state["relB"] = run("git", "-C", str(root), "rev-parse", "--short=12", "HEAD").stdout.strip()
     with Load(vps.port(80)) as load:
-        result = script(vps, project, "deploy", "vps", "relB")
-    assert "Deployed relB" in result.stdout
+        result = script(vps, project, "deploy", "vps")
+    assert f"building {slug}:{release}" in result.stdout
+    assert f"Deployed {release}" in result.stdout
     assert not load.failures, load.summary()
-    assert {"relA", "relB"} <= set(load.releases), f"the load did not span the switch: {load.summary()}"
-    assert {site_release(vps) for _ in range(10)} == {"relB"}
+    assert {"relA", release} <= set(load.releases), f"the load did not span the switch: {load.summary()}"
+    assert {site_release(vps) for _ in range(10)} == {release}
     assert psql(vps, project, TABLE_DIGEST) == state["rows"]
     assert int(psql(vps, project, COUNTER)) > int(state["counter"])
 
 
-def test_a_release_that_never_turns_healthy_gets_no_traffic(vps, project):
+def test_a_release_that_never_turns_healthy_gets_no_traffic(vps, project, state):
     with Load(vps.port(80)) as load:
         result = script(vps, project, "deploy", "vps", "broken", check=False)
     assert result.returncode != 0
     reason = result.stderr.strip().splitlines()[-1]
-    assert "never turned healthy" in reason and "relB keeps serving" in reason, result.stderr
+    assert "never turned healthy" in reason and f"{state['relB']} keeps serving" in reason, result.stderr
     assert not load.failures, load.summary()
     assert "broken" not in load.releases, load.summary()
-    assert {site_release(vps) for _ in range(10)} == {"relB"}
+    assert {site_release(vps) for _ in range(10)} == {state["relB"]}
 
 
 def test_deploy_from_a_registry(vps, project, tmp_path):
@@ -406,24 +416,25 @@ def test_deploy_from_a_registry(vps, project, tmp_path):
     vps.ssh("deploy", "docker rm --force registry")
 
 
-def test_rollback_under_load_returns_to_the_previous_release(vps, project):
+def test_rollback_under_load_returns_to_the_previous_release(vps, project, state):
+    release_b = state["relB"]
     with Load(vps.port(80)) as load:
         result = script(vps, project, "rollback", "vps")
     assert "Rolled back" in result.stdout
     assert not load.failures, load.summary()
-    assert {"relC", "relB"} <= set(load.releases), load.summary()
-    assert {site_release(vps) for _ in range(10)} == {"relB"}
+    assert {"relC", release_b} <= set(load.releases), load.summary()
+    assert {site_release(vps) for _ in range(10)} == {release_b}
 
     _, slug = project
     log = vps.ssh("deploy", f"cat /srv/{slug}/releases.log").stdout.splitlines()
     assert [line.split("\t")[1:3] for line in log] == [
         ["deploy", "relA"],
-        ["deploy", "relB"],
+        ["deploy", release_b],
         ["deploy", "relC"],
-        ["rollback", "relB"],
+        ["rollback", release_b],
     ]
     status = script(vps, project, "status", "vps").stdout
-    assert "release   relB" in status and "rollback  relC" in status
+    assert f"release   {release_b}" in status and "rollback  relC" in status
 
 
 def test_restore_gives_back_the_backed_up_rows(vps, project, state):
@@ -441,7 +452,7 @@ def test_restore_gives_back_the_backed_up_rows(vps, project, state):
     assert psql(vps, project, TABLE_DIGEST) == state["rows"]
     assert psql(vps, project, COUNTER) == state["counter"]
     # The stack kept running, on the same release.
-    assert site_release(vps) == "relB"
+    assert site_release(vps) == state["relB"]
 
 
 def test_every_script_has_help(project):

@@ -314,9 +314,11 @@ check_nginx_serves() {
 refresh_nginx() {
     local container sum
     container=$(containers nginx running | head -n 1)
-    [ -n "$container" ] || return 0
     sum=$(find nginx -type f -print0 2>/dev/null | sort -z | xargs -0 cat | sha256sum | cut -c1-64)
-    if [ "$(docker inspect --format '{{index .Config.Labels "com.docker.compose.config-hash"}}' "$container")" != \
+    if [ -z "$container" ]; then
+        step "nginx is not running: starting it"
+        quietly compose up --detach --wait --no-build nginx || die "nginx did not start healthy: see scripts/logs"
+    elif [ "$(docker inspect --format '{{index .Config.Labels "com.docker.compose.config-hash"}}' "$container")" != \
         "$(compose config --hash nginx | awk '{ print $2 }')" ]; then
         step "compose.yaml changed nginx: recreating it"
         quietly compose up --detach --wait --no-build nginx || die "nginx did not come back healthy: see scripts/logs"
