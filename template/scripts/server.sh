@@ -9,7 +9,9 @@
 #   server.sh deploy RELEASE [OPTIONS]              switch to an image already here
 #   server.sh rollback [RELEASE]                    back to the previous release
 #   server.sh backup | restore FILE | status | releases | compose ARGS...
-set -euo pipefail
+set -Eeuo pipefail
+# Any failure nobody expected still ends with a one-line reason.
+trap 'status=$? && die "failed (exit status $status) at line $LINENO: $BASH_COMMAND"' ERR
 
 COMMAND=${1:-help}
 [ $# -eq 0 ] || shift
@@ -93,7 +95,8 @@ container_networks() {
 # configuration. After that, it has asked Docker's DNS again.
 nginx_resolve_seconds() {
     local valid
-    valid=$(cat nginx/templates/*.template 2>/dev/null | sed -n 's/^[[:space:]]*resolver .*valid=\([0-9]*\)s.*/\1/p' | head -n 1)
+    valid=$( (cat nginx/templates/*.template 2>/dev/null || true) |
+        sed -n 's/^[[:space:]]*resolver .*valid=\([0-9]*\)s.*/\1/p' | head -n 1)
     echo "${valid:-10}"
 }
 
@@ -106,7 +109,7 @@ wait_healthy() {
         for container in "$@"; do
             read -r state health restarts < <(docker inspect --format \
                 '{{.State.Status}} {{if .State.Health}}{{.State.Health.Status}}{{else}}none{{end}} {{.RestartCount}}' \
-                "$container")
+                "$container" 2>/dev/null || echo removed none 0)
             if [ "$restarts" != 0 ]; then
                 FAILURE="it crashed and was restarted"
                 return 1
@@ -118,7 +121,7 @@ wait_healthy() {
                 running/none) [ $((SECONDS - start)) -ge 5 ] || pending=true ;;
                 running/* | created/*) pending=true ;;
                 *)
-                    FAILURE="its container stopped ($state, exit code $(docker inspect --format '{{.State.ExitCode}}' "$container"))"
+                    FAILURE="its container stopped ($state, exit code $(docker inspect --format '{{.State.ExitCode}}' "$container" 2>/dev/null || echo unknown))"
                     return 1
                     ;;
             esac
@@ -314,7 +317,7 @@ check_nginx_serves() {
 refresh_nginx() {
     local container sum
     container=$(containers nginx running | head -n 1)
-    sum=$(find nginx -type f -print0 2>/dev/null | sort -z | xargs -0 cat | sha256sum | cut -c1-64)
+    sum=$( (find nginx -type f -print0 2>/dev/null || true) | sort -z | xargs -0 cat | sha256sum | cut -c1-64)
     if [ -z "$container" ]; then
         step "nginx is not running: starting it"
         quietly compose up --detach --wait --no-build nginx || die "nginx did not start healthy: see scripts/logs"
@@ -464,7 +467,7 @@ cmd_status() {
     local current problems=() service container line health
     current=$(current_release)
     say "project   $PROJECT in $APP_DIR"
-    say "release   ${current:-none} ($(awk -F '\t' -v r="$current" '$3 == r { t = $1 " (" $2 ")" } END { print t ? "went live " t : "not in releases.log" }' releases.log 2>/dev/null || echo "no releases.log"))"
+    say "release   ${current:-none} ($(awk -F '\t' -v r="$current" '$3 == r { t = $1 " by " $2 } END { print t ? "went live " t : "not in releases.log" }' releases.log 2>/dev/null || echo "no releases.log"))"
     for service in $(compose config --services); do
         [ "$service" != migrate ] || continue
         line=""
@@ -494,8 +497,8 @@ cmd_status() {
     previous=$(recent_releases | grep -vxF -- "${current:-}" | head -n 1 || true)
     say "rollback  ${previous:-no earlier release}"
     local newest
-    newest=$(find backups -maxdepth 1 -name '*.dump' -printf '%f\n' 2>/dev/null | sort | tail -n 1)
-    say "backups   $(find backups -maxdepth 1 -name '*.dump' 2>/dev/null | wc -l), newest: ${newest:-none}"
+    newest=$( (find backups -maxdepth 1 -name '*.dump' -printf '%f\n' 2>/dev/null || true) | sort)
+    say "backups   $(grep -c . <<<"$newest" || true), newest: $(tail -n 1 <<<"${newest:-none}")"
     say "disk      $(df -h --output=avail "$APP_DIR" | tail -n 1 | tr -d ' ') free"
     if [ ${#problems[@]} -gt 0 ]; then
         local IFS=';'
@@ -543,7 +546,7 @@ apt_install() {
         --no-install-recommends "$@" >/dev/null
 }
 
-installed() { [ "$(dpkg-query --show --showformat '${db:Status-Status}' "$1" 2>/dev/null)" = installed ]; }
+installed() { [ "$(dpkg-query --show --showformat '${db:Status-Status}' "$1" 2>/dev/null || true)" = installed ]; }
 
 ensure_packages() {
     local missing=() package
@@ -920,7 +923,7 @@ provision_swap() {
 
 provision_app_dir() {
     local project=$1 domain=$2 user=$3 app_dir=$4 env_file=$5
-    if [ "$(stat -c '%a %U' "$app_dir" 2>/dev/null)" != "750 $user" ]; then
+    if [ "$(stat -c '%a %U' "$app_dir" 2>/dev/null || true)" != "750 $user" ]; then
         install -d -m 750 -o "$user" -g "$user" "$app_dir"
         changed "$app_dir, owned by $user"
     else
@@ -934,7 +937,7 @@ provision_app_dir() {
         # The uploaded .env replaces the server's, but the release that
         # serves stays recorded in it.
         local release
-        release=$(sed -n 's/^APP_RELEASE=//p' "$env" 2>/dev/null | tail -n 1)
+        release=$( (sed -n 's/^APP_RELEASE=//p' "$env" 2>/dev/null || true) | tail -n 1)
         if [ -n "$release" ] && ! grep -q '^APP_RELEASE=' "$env_file"; then
             printf '\n# The release that serves, kept up to date by scripts/deploy.\nAPP_RELEASE=%s\n' "$release" >>"$env_file"
         fi
