@@ -465,3 +465,36 @@ def test_every_script_has_help(project):
             name,
             missing.stderr,
         )
+
+
+def test_a_django_project_deploys_the_same_way(vps, project, tmp_path):
+    """The scripts do not depend on the framework; the release step does
+    (`manage.py release`), and so do /healthz's JSON and the static files. One
+    Django release, deployed, then deployed again under load: the same
+    zero-downtime switch, with Django's containers."""
+    _, flask_slug = project
+    # One site per server here: the Flask stack gives port 80 back.
+    vps.ssh("deploy", f"/srv/{flask_slug}/scripts/server.sh compose down", check=False)
+    suffix = uuid.uuid4().hex[:6]
+    root = render(tmp_path / "django", framework="django", project_name=f"Deploy Django {suffix}")
+    slug = f"deploy_django_{suffix}"
+    django = (root, slug)
+    prepare_images(root)
+    try:
+        run(
+            "docker", "build", "--quiet", "--target", "production", "--build-arg", "APP_RELEASE=relD",
+            "--tag", f"{slug}:relD", str(root),
+        )  # fmt: skip
+        script(vps, django, "provision", "root@vps")
+        script(vps, django, "deploy", "vps", "relD")
+        assert site_release(vps) == "relD"
+
+        with Load(vps.port(80)) as load:
+            result = script(vps, django, "deploy", "vps", "relD")
+        assert "image deploy_django" in result.stdout and "is already on the server" in result.stdout
+        assert "release step" in result.stdout and "beside relD" in result.stdout
+        assert not load.failures, load.summary()
+        assert load.releases["relD"] > 10, load.summary()
+        assert '"release": "relD"' in script(vps, django, "status", "vps").stdout
+    finally:
+        run("docker", "image", "rm", "--force", f"{slug}:relD", check=False)
