@@ -474,7 +474,8 @@ def test_a_django_project_deploys_the_same_way(vps, project, tmp_path):
     zero-downtime switch, with Django's containers."""
     _, flask_slug = project
     # One site per server here: the Flask stack gives port 80 back.
-    vps.ssh("deploy", f"/srv/{flask_slug}/scripts/server.sh compose down", check=False)
+    down = vps.ssh("deploy", f"/srv/{flask_slug}/scripts/server.sh compose down", check=False)
+    assert down.returncode == 0, down.stdout + down.stderr
     suffix = uuid.uuid4().hex[:6]
     root = render(tmp_path / "django", framework="django", project_name=f"Deploy Django {suffix}")
     slug = f"deploy_django_{suffix}"

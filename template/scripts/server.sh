@@ -337,11 +337,14 @@ refresh_nginx() {
 prune_images() {
     local keep=$1 tag kept=() removed=0 container
     mapfile -t kept < <({ current_release; recent_releases; } | awk 'NF && !seen[$0]++' | head -n "$keep")
-    # A finished release step of another release (a rollback skips it, a
-    # failed deploy leaves it) would pin that release's image.
+    # The migrate container of another release (a rollback skips the release
+    # step, a failed deploy leaves its own) would pin that release's image:
+    # recreate it for the current release, without running it. (Not removed:
+    # docker compose down fails when a dependency's container is missing.)
     for container in $(containers migrate exited); do
-        [ "$(docker inspect --format '{{.Config.Image}}' "$container")" = "$PROJECT:$(current_release)" ] ||
-            docker rm "$container" >/dev/null
+        if [ "$(docker inspect --format '{{.Config.Image}}' "$container")" != "$PROJECT:$(current_release)" ]; then
+            APP_RELEASE=$(current_release) quietly compose up --no-start --no-build migrate
+        fi
     done
     for tag in $(docker image ls "$PROJECT" --format '{{.Tag}}'); do
         [[ " ${kept[*]} " == *" $tag "* ]] && continue
