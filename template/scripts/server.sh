@@ -208,9 +208,7 @@ check_database_unchanged() {
     [ -n "$running" ] || return 0
     running=$(docker inspect --format '{{index .Config.Labels "com.docker.compose.config-hash"}}' "$running")
     wanted=$(compose config --hash db | awk '{ print $2 }')
-    [ "$running" = "$wanted" ] || die "compose.yaml changes the db service, and deploy never restarts the database.
-Apply the change on the server first (a major PostgreSQL version: scripts/upgrade-postgres there;
-anything else: docker compose up -d db, a short outage), then deploy again."
+    [ "$running" = "$wanted" ] || die "the compose files change the db service, and deploy never restarts the database: apply that on the server first (docker compose up -d db, a short outage; a new PostgreSQL major version: scripts/upgrade-postgres), then deploy again"
 }
 
 # Migrations and static files, once, before any container of the new release
