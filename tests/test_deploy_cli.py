@@ -1,0 +1,228 @@
+"""The deploy toolkit's laptop side, fast: no Docker engine, no server.
+
+The rendered scripts run for real, with a fake `ssh` (and `docker`) first on
+PATH: small scripts that record what they were asked to do and answer like a
+provisioned server, so that each test sees exactly what would have gone over
+SSH.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import subprocess
+import tarfile
+from pathlib import Path
+
+import pytest
+
+from conftest import render
+
+SCRIPTS = ["provision", "deploy", "rollback", "backup", "restore", "logs", "status"]
+APP_DIR = "/srv/my_app"
+
+# Records each call's argv (one line) and its last argument, the remote
+# command (one line); saves what `tar -xf` would unpack; answers the few
+# commands whose output the scripts read.
+FAKE_SSH = r"""#!/usr/bin/env bash
+printf '%s\n' "$*" >>"$FAKE_LOG/argv"
+command=${*: -1}
+printf '%s\n' "$command" >>"$FAKE_LOG/commands"
+case $command in
+    *"tar -xf"*) cat >"$FAKE_LOG/shipped.tar" ;;
+    "id -u ") echo 0 ;;
+    "mktemp -d ") echo /tmp/stage ;;
+    *"docker image inspect"*) echo sha256:local ;;
+    *"server.sh backup "*) printf -- '--> dumped\n/srv/my_app/backups/my_app-1.dump\n' ;;
+    "cat /srv/my_app/backups/my_app-1.dump ") echo "the dump" ;;
+esac
+"""
+
+# The laptop's docker: every image is there, with the id the server has too.
+FAKE_DOCKER = r"""#!/usr/bin/env bash
+printf '%s\n' "$*" >>"$FAKE_LOG/docker"
+case $* in
+    "image inspect --format {{.Id}} "*) echo sha256:local ;;
+esac
+"""
+
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory) -> Path:
+    # The scripts are the same for both frameworks.
+    return render(tmp_path_factory.mktemp("cli") / "project")
+
+
+class Fake:
+    """The fake ssh and docker of one test, and what they recorded."""
+
+    def __init__(self, project: Path, directory: Path):
+        self.project = project
+        self.log = directory / "log"
+        self.log.mkdir()
+        bin_dir = directory / "bin"
+        bin_dir.mkdir()
+        for name, text in (("ssh", FAKE_SSH), ("docker", FAKE_DOCKER)):
+            (bin_dir / name).write_text(text)
+            (bin_dir / name).chmod(0o755)
+        self.env = {
+            **os.environ,
+            "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}",
+            "FAKE_LOG": str(self.log),
+        }
+        for name in ("DEPLOY_TRACE", "DEPLOY_USER", "DEPLOY_SSH_CONFIG"):
+            self.env.pop(name, None)
+
+    def run(self, script: str, *args: str, **env: str) -> subprocess.CompletedProcess:
+        return subprocess.run(
+            [str(self.project / "scripts" / script), *args],
+            cwd=self.project,
+            env={**self.env, **env},
+            input="",
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
+
+    def lines(self, name: str) -> list[str]:
+        path = self.log / name
+        return path.read_text().splitlines() if path.exists() else []
+
+    @property
+    def server_commands(self) -> list[str]:
+        """The scripts/server.sh commands, as the server's shell gets them."""
+        return [command for command in self.lines("commands") if "/scripts/server.sh " in command]
+
+
+@pytest.fixture
+def fake(project, tmp_path) -> Fake:
+    return Fake(project, tmp_path)
+
+
+def error_line(result: subprocess.CompletedProcess) -> str:
+    """The one line a refused command prints on stderr."""
+    assert result.returncode != 0, result.stdout
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    return lines[0]
+
+
+@pytest.mark.parametrize("script", SCRIPTS)
+def test_help_prints_the_usage_and_exits_0(fake, script):
+    for args in (["--help"], ["-h"], ["host", "--help"]):
+        result = fake.run(script, *args)
+        assert result.returncode == 0, result.stderr
+        assert result.stdout.startswith(f"Usage: scripts/{script} "), result.stdout
+        assert result.stderr == ""
+    assert fake.lines("argv") == []
+
+
+@pytest.mark.parametrize("script", SCRIPTS)
+def test_without_a_host_each_script_says_so_in_one_line(fake, script):
+    assert error_line(fake.run(script)) == f"{script}: name the server (see --help)"
+    assert fake.lines("argv") == []
+
+
+@pytest.mark.parametrize(
+    ("script", "args", "message"),
+    [
+        ("deploy", ["host", "--nope"], "unknown option --nope (see --help)"),
+        ("status", ["-x", "host"], "unknown option -x (see --help)"),
+        ("deploy", ["host", "--keep"], "--keep needs a value"),
+        ("provision", ["host", "--ssh-key"], "--ssh-key needs a value"),
+        ("backup", ["host", "--to"], "--to needs a value"),
+        ("deploy", ["host", "--keep", "five"], "--keep needs a positive number"),
+        ("deploy", ["host", "--keep", "0"], "--keep needs a positive number"),
+        ("deploy", ["--health-timeout", "-1", "host"], "--health-timeout needs a positive number"),
+        ("rollback", ["host", "--health-timeout", "3m"], "--health-timeout needs a positive number"),
+        ("deploy", ["host", "image", "extra"], "too many arguments (see --help)"),
+        ("status", ["host", "extra"], "too many arguments (see --help)"),
+        ("provision", ["host", "extra"], "too many arguments (see --help)"),
+        ("restore", ["host"], "name the dump to restore (see --help)"),
+    ],
+)
+def test_a_bad_command_line_is_refused_in_one_line_before_any_ssh(fake, script, args, message):
+    assert error_line(fake.run(script, *args)) == f"{script}: {message}"
+    assert fake.lines("argv") == []
+
+
+def test_options_and_arguments_reach_the_server_in_any_order(fake):
+    result = fake.run("logs", "-n", "5", "host", "app", "--no-follow", "nginx", "--since", "10m")
+    assert result.returncode == 0, result.stderr
+    logs = f"{APP_DIR}/scripts/server.sh compose logs --tail 5 --since 10m app nginx "
+    assert fake.server_commands == [logs]
+
+    result = fake.run("rollback", "host", "rel1", "--health-timeout", "30")
+    assert result.returncode == 0, result.stderr
+    result = fake.run("rollback", "host")
+    assert result.returncode == 0, result.stderr
+    assert fake.server_commands[1:] == [
+        f"{APP_DIR}/scripts/server.sh rollback rel1 --health-timeout 30 ",
+        f"{APP_DIR}/scripts/server.sh rollback ",
+    ]
+
+
+def test_backup_downloads_into_the_directory_given(fake, tmp_path):
+    result = fake.run("backup", "host", "--to", str(tmp_path / "dumps"))
+    assert result.returncode == 0, result.stderr
+    assert (tmp_path / "dumps" / "my_app-1.dump").read_text() == "the dump\n"
+    assert "--> dumped" in result.stdout
+
+
+@pytest.mark.parametrize("tag", ["bad id!", ".hidden", "a" * 129, "ghcr.io/owner/repo:" + "a" * 129])
+def test_deploy_refuses_a_bad_release_id_before_any_ssh(fake, tag):
+    release = tag.rpartition(":")[2]
+    message = f"deploy: not a usable release id (image tag): {release}"
+    assert error_line(fake.run("deploy", "host", tag)) == message
+    assert fake.lines("argv") == []
+
+
+def test_deploy_takes_a_128_character_release_id(fake):
+    tag = "r" * 127 + "9"
+    result = fake.run("deploy", "host", tag)
+    assert result.returncode == 0, result.stderr
+    assert fake.server_commands[-1] == (
+        f"{APP_DIR}/scripts/server.sh deploy {tag} --source uploaded --keep 5 --health-timeout 180 "
+    )
+
+
+def test_deploy_trace_traces_here_and_on_the_server(fake):
+    result = fake.run("deploy", "host", "rel1", "--keep", "3")
+    assert result.returncode == 0, result.stderr
+    untraced = fake.server_commands
+    assert untraced and not any("DEPLOY_TRACE" in command for command in untraced)
+    assert "+ " not in result.stderr
+
+    (fake.log / "commands").unlink()
+    result = fake.run("deploy", "host", "rel1", "--keep", "3", DEPLOY_TRACE="1")
+    assert result.returncode == 0, result.stderr
+    assert fake.server_commands == [f"env DEPLOY_TRACE=1 {command}" for command in untraced]
+    deploy = "server.sh deploy rel1 --source uploaded --keep 3 --health-timeout 180 "
+    assert fake.server_commands[-1].endswith(deploy)
+    # set -x on the laptop: the commands of the script itself are shown.
+    assert "+ deploy:" in result.stderr and "parse_args" in result.stderr
+
+
+def test_provision_ships_server_sh_with_its_modules(fake, project, tmp_path):
+    keys = []
+    for i in range(2):
+        keys += ["--ssh-key", str(tmp_path / f"id{i}.pub")]
+        (tmp_path / f"id{i}.pub").write_text(f"ssh-ed25519 AAAA{i} me@laptop\n")
+    result = fake.run("provision", "root@host", *keys, "--swap", "0", DEPLOY_TRACE="1")
+    assert result.returncode == 0, result.stderr
+
+    with tarfile.open(fileobj=io.BytesIO((fake.log / "shipped.tar").read_bytes())) as tar:
+        shipped = {os.path.normpath(member.name): member for member in tar.getmembers() if member.isfile()}
+        modules = sorted(path.name for path in (project / "scripts" / "server").glob("*.sh"))
+        assert "release-id.sh" in modules
+        expected = ["server.sh", "key-0.pub", "key-1.pub"] + [f"server/{module}" for module in modules]
+        assert sorted(shipped) == sorted(expected)
+        for module in modules:
+            content = tar.extractfile(shipped[f"server/{module}"]).read()
+            assert content == (project / "scripts" / "server" / module).read_bytes(), module
+
+    # Run from the temporary directory, as root (no sudo), traced.
+    run = [command for command in fake.lines("commands") if "./server.sh" in command]
+    assert len(run) == 1
+    assert " /tmp/stage /tmp/stage env DEPLOY_TRACE=1 bash ./server.sh provision --project my_app " in run[0]
+    assert run[0].endswith(" --swap 0 --key-file key-0.pub --key-file key-1.pub ")
