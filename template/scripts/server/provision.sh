@@ -1,0 +1,362 @@
+# shellcheck shell=bash
+# provision: set a Debian or Ubuntu server up for the project, as root
+# (scripts/provision runs it over SSH). Idempotent: each step checks before
+# it changes anything and says "ok" or "changed"; a second run changes
+# nothing. The security steps (SSH, firewall, fail2ban, swap) are in
+# hardening.sh. Sourced by scripts/server.sh; defines functions only.
+
+# changed counts into CHANGES, for the summary line (cmd_provision sets it).
+changed() {
+    CHANGES=$((CHANGES + 1))
+    printf '    changed  %s\n' "$*"
+}
+unchanged() { printf '    ok       %s\n' "$*"; }
+
+# put_file PATH MODE OWNER < CONTENT: write PATH when its content differs.
+# Returns 0 when it wrote the file.
+put_file() {
+    local path=$1 mode=$2 owner=$3 new
+    new=$(mktemp)
+    cat >"$new"
+    if [ -f "$path" ] && cmp -s "$new" "$path"; then
+        rm -f "$new"
+        if [ "$(stat -c '%a %U:%G' "$path")" != "$mode $owner" ]; then
+            chmod "$mode" "$path" && chown "$owner" "$path"
+            return 0
+        fi
+        return 1
+    fi
+    install -D -m "$mode" -o "${owner%:*}" -g "${owner#*:}" "$new" "$path"
+    rm -f "$new"
+}
+
+# apt-get update runs once per provision (APT_UPDATED).
+apt_install() {
+    if ! $APT_UPDATED; then
+        apt-get -o DPkg::Lock::Timeout=300 update -qq
+        APT_UPDATED=true
+    fi
+    DEBIAN_FRONTEND=noninteractive apt-get -o DPkg::Lock::Timeout=300 install -y -qq \
+        --no-install-recommends "$@" >/dev/null
+}
+
+installed() { [ "$(dpkg-query --show --showformat '${db:Status-Status}' "$1" 2>/dev/null || true)" = installed ]; }
+
+ensure_packages() {
+    local missing=() package
+    for package in "$@"; do
+        installed "$package" || missing+=("$package")
+    done
+    if [ ${#missing[@]} -gt 0 ]; then
+        apt_install "${missing[@]}"
+        changed "installed ${missing[*]}"
+    else
+        unchanged "packages: $*"
+    fi
+}
+
+has_candidate() {
+    $APT_UPDATED || { apt-get -o DPkg::Lock::Timeout=300 update -qq && APT_UPDATED=true; }
+    local candidate
+    candidate=$(apt-cache policy "$1" 2>/dev/null | sed -n 's/^ *Candidate: //p')
+    [ -n "$candidate" ] && [ "$candidate" != "(none)" ]
+}
+
+usage_provision() {
+    cat <<'EOF'
+server.sh provision --project NAME --domain NAME [--user NAME] [--engine auto|docker|distro]
+                    [--swap SIZE] [--env-file FILE] [--key-file FILE]
+Run as root. scripts/provision calls it; see scripts/provision --help.
+EOF
+}
+
+cmd_provision() {
+    local project="" domain="" user=deploy engine=auto swap=2G env_file="" key_files=()
+    CHANGES=0 APT_UPDATED=false
+    while [ $# -gt 0 ]; do
+        case $1 in
+            --project) project=$2 && shift ;;
+            --domain) domain=$2 && shift ;;
+            --user) user=$2 && shift ;;
+            --engine) engine=$2 && shift ;;
+            --swap) swap=$2 && shift ;;
+            --env-file) env_file=$2 && shift ;;
+            --key-file) key_files+=("$2") && shift ;;
+            -h | --help) usage_provision && exit 0 ;;
+            *) die "unknown argument $1" ;;
+        esac
+        shift
+    done
+    [ "$(id -u)" = 0 ] || die "provision must run as root"
+    [[ $project =~ ^[a-z][a-z0-9_]*$ ]] || die "--project needs the project's slug"
+    [[ $user =~ ^[a-z_][a-z0-9_-]*$ ]] || die "not a user name: $user"
+    case $engine in auto | docker | distro) ;; *) die "--engine is auto, docker or distro" ;; esac
+    # shellcheck source=/dev/null
+    . /etc/os-release
+    case ${ID:-} in debian | ubuntu) ;; *) die "this is ${PRETTY_NAME:-an unknown system}: provision supports Debian and Ubuntu" ;; esac
+    local app_dir=/srv/$project
+
+    step "packages"
+    # curl: the status check; python3-systemd: fail2ban's systemd backend.
+    ensure_packages ca-certificates curl ufw fail2ban python3-systemd unattended-upgrades
+
+    step "Docker engine"
+    provision_docker "$engine"
+
+    step "deploy user"
+    provision_user "$user" "${key_files[@]}"
+
+    step "SSH"
+    provision_sshd
+
+    step "firewall"
+    provision_firewall
+
+    step "fail2ban"
+    provision_fail2ban
+
+    step "automatic security updates"
+    if put_file /etc/apt/apt.conf.d/20auto-upgrades 644 root:root <<'EOF'; then
+// Written by scripts/provision: refresh the package lists and install
+// security updates (unattended-upgrades' default origins) every day.
+APT::Periodic::Update-Package-Lists "1";
+APT::Periodic::Unattended-Upgrade "1";
+EOF
+        changed "/etc/apt/apt.conf.d/20auto-upgrades"
+    else
+        unchanged "unattended-upgrades runs daily"
+    fi
+
+    step "swap"
+    provision_swap "$swap"
+
+    step "$app_dir"
+    provision_app_dir "$project" "$domain" "$user" "$app_dir" "$env_file"
+
+    step "daily backup"
+    provision_backup_timer "$project" "$user" "$app_dir"
+
+    step "provision: $CHANGES changed"
+}
+
+# Docker's own apt repository (docker-ce, docker-compose-plugin) is what
+# Docker documents and ships the newest engine and Compose. Debian 13 and
+# Ubuntu also package both (docker.io, docker-compose / docker-compose-v2),
+# updated by the distribution's security team: used when Docker's repository
+# is unreachable (--engine auto), or on request (--engine distro).
+provision_docker() {
+    local engine=$1
+    # Written before the engine is installed, so that it starts with it.
+    # Logs rotate (json-file keeps 5 x 10 MB per container); live-restore
+    # keeps containers running while the engine itself restarts or upgrades.
+    if put_file /etc/docker/daemon.json 644 root:root <<'EOF'; then
+{
+  "log-driver": "json-file",
+  "log-opts": { "max-size": "10m", "max-file": "5" },
+  "live-restore": true
+}
+EOF
+        changed "/etc/docker/daemon.json: log rotation, live-restore"
+        if systemctl is-active --quiet docker; then
+            systemctl restart docker
+            changed "restarted the Docker engine for its new settings"
+        fi
+    else
+        unchanged "/etc/docker/daemon.json: log rotation, live-restore"
+    fi
+
+    if command -v docker >/dev/null && docker compose version >/dev/null 2>&1; then
+        unchanged "Docker $(docker version --format '{{.Server.Version}}' 2>/dev/null || echo '(engine not answering)'), Compose $(docker compose version --short)"
+    else
+        if [ "$engine" = auto ]; then
+            if curl --silent --fail --max-time 15 --output /dev/null \
+                "https://download.docker.com/linux/$ID/dists/$VERSION_CODENAME/Release"; then
+                engine=docker
+            else
+                engine=distro
+                say "    Docker's apt repository has nothing for $ID $VERSION_CODENAME here (or is unreachable): using $ID's own packages"
+            fi
+        fi
+        if [ "$engine" = docker ]; then
+            install -d -m 755 /etc/apt/keyrings
+            curl --silent --show-error --fail --max-time 60 --output /etc/apt/keyrings/docker.asc \
+                "https://download.docker.com/linux/$ID/gpg" || die "could not download Docker's signing key"
+            chmod a+r /etc/apt/keyrings/docker.asc
+            put_file /etc/apt/sources.list.d/docker.sources 644 root:root <<EOF || true
+Types: deb
+URIs: https://download.docker.com/linux/$ID
+Suites: $VERSION_CODENAME
+Components: stable
+Signed-By: /etc/apt/keyrings/docker.asc
+EOF
+            APT_UPDATED=false
+            apt_install docker-ce docker-ce-cli containerd.io docker-compose-plugin
+            changed "installed docker-ce and docker-compose-plugin from download.docker.com"
+        else
+            local packages=(docker.io)
+            has_candidate docker-cli && packages+=(docker-cli)
+            if has_candidate docker-compose-v2; then
+                packages+=(docker-compose-v2)
+            elif [[ $(apt-cache policy docker-compose | sed -n 's/^ *Candidate: //p') == [2-9]* ]]; then
+                packages+=(docker-compose)
+            else
+                die "$PRETTY_NAME has no Compose v2 package: use --engine docker"
+            fi
+            apt_install "${packages[@]}"
+            changed "installed ${packages[*]} from $ID's archive"
+        fi
+    fi
+    if ! systemctl is-enabled --quiet docker || ! systemctl is-active --quiet docker; then
+        systemctl enable --now docker >/dev/null 2>&1
+        changed "Docker engine enabled and started"
+    fi
+    docker info >/dev/null 2>&1 || die "the Docker engine does not answer: journalctl -u docker"
+}
+
+provision_user() {
+    local user=$1 keys home
+    shift
+    if ! id "$user" >/dev/null 2>&1; then
+        useradd --create-home --shell /bin/bash --user-group "$user"
+        # No password at all ('*', not a locked '!'): SSH keys only.
+        usermod --password '*' "$user"
+        changed "user $user"
+    else
+        unchanged "user $user"
+    fi
+    if [[ " $(id -nG "$user") " == *" docker "* ]]; then
+        unchanged "$user is in the docker group (root-equivalent: it runs the stack)"
+    else
+        usermod --append --groups docker "$user"
+        changed "$user added to the docker group"
+    fi
+
+    # Keys: those that log the admin in (root's, or the sudo user's), and any
+    # given. Keys are only ever added, never removed: CI's key stays.
+    home=$(getent passwd "$user" | cut -d: -f6)
+    local admin_home
+    admin_home=$(getent passwd "${SUDO_USER:-root}" | cut -d: -f6)
+    keys=$(cat "$admin_home/.ssh/authorized_keys" "$@" 2>/dev/null | grep -E '^(ssh-|ecdsa-|sk-)' || true)
+    install -d -m 700 -o "$user" -g "$user" "$home/.ssh"
+    touch "$home/.ssh/authorized_keys"
+    local added=0 key
+    while IFS= read -r key; do
+        [ -n "$key" ] || continue
+        grep -qxF -- "$key" "$home/.ssh/authorized_keys" && continue
+        printf '%s\n' "$key" >>"$home/.ssh/authorized_keys"
+        added=$((added + 1))
+    done <<<"$keys"
+    chown "$user:$user" "$home/.ssh/authorized_keys"
+    chmod 600 "$home/.ssh/authorized_keys"
+    [ -s "$home/.ssh/authorized_keys" ] || die "no SSH key would let $user log in: pass --ssh-key FILE"
+    if [ "$added" -gt 0 ]; then
+        changed "$added SSH key(s) allowed for $user"
+    else
+        unchanged "SSH keys of $user"
+    fi
+}
+
+provision_app_dir() {
+    local project=$1 domain=$2 user=$3 app_dir=$4 env_file=$5
+    if [ "$(stat -c '%a %U' "$app_dir" 2>/dev/null || true)" != "750 $user" ]; then
+        install -d -m 750 -o "$user" -g "$user" "$app_dir"
+        changed "$app_dir, owned by $user"
+    else
+        unchanged "$app_dir, owned by $user"
+    fi
+    install -d -m 755 -o "$user" -g "$user" "$app_dir/scripts"
+    install -d -m 700 -o "$user" -g "$user" "$app_dir/backups"
+
+    local env=$app_dir/.env
+    if [ -n "$env_file" ]; then
+        # The uploaded .env replaces the server's, but the release that
+        # serves stays recorded in it.
+        local release
+        release=$( (sed -n 's/^APP_RELEASE=//p' "$env" 2>/dev/null || true) | tail -n 1)
+        if [ -n "$release" ] && ! grep -q '^APP_RELEASE=' "$env_file"; then
+            printf '\n# The release that serves, kept up to date by scripts/deploy.\nAPP_RELEASE=%s\n' "$release" >>"$env_file"
+        fi
+        if put_file "$env" 600 "$user:$user" <"$env_file"; then
+            changed "$env uploaded"
+        else
+            unchanged "$env (same as the uploaded one)"
+        fi
+    elif [ ! -f "$env" ]; then
+        put_file "$env" 600 "$user:$user" <<EOF
+# Production settings of $project, generated on this server by
+# scripts/provision. .env.example in the repository explains each variable.
+SECRET_KEY=$(od -An -N32 -tx1 /dev/urandom | tr -d ' \n')
+
+POSTGRES_USER=$project
+POSTGRES_PASSWORD=$(od -An -N20 -tx1 /dev/urandom | tr -d ' \n')
+POSTGRES_DB=$project
+
+SERVER_NAMES=$domain localhost
+HTTP_PORT=80
+EOF
+        changed "$env generated, with new secrets"
+    elif [ "$(stat -c '%a %U:%G' "$env")" != "600 $user:$user" ]; then
+        chmod 600 "$env" && chown "$user:$user" "$env"
+        changed "$env: mode 600, owned by $user"
+    else
+        unchanged "$env (mode 600)"
+    fi
+
+    # server.sh and its modules, for the backup timer (deploy ships them too).
+    local file mode
+    install -d -m 755 -o "$user" -g "$user" "$app_dir/scripts/server"
+    for file in "$SERVER_HOME/server.sh" "$SERVER_HOME"/server/*.sh; do
+        file=${file#"$SERVER_HOME"/} mode=644
+        [ "$file" != server.sh ] || mode=755
+        if put_file "$app_dir/scripts/$file" "$mode" "$user:$user" <"$SERVER_HOME/$file"; then
+            changed "$app_dir/scripts/$file"
+        else
+            unchanged "$app_dir/scripts/$file"
+        fi
+    done
+}
+
+provision_backup_timer() {
+    local project=$1 user=$2 app_dir=$3 unit=$1-backup units_changed=false
+    if put_file "/etc/systemd/system/$unit.service" 644 root:root <<EOF; then
+[Unit]
+Description=Back up the $project database (pg_dump into $app_dir/backups)
+After=docker.service
+Requires=docker.service
+
+[Service]
+Type=oneshot
+User=$user
+# How many dumps to keep in $app_dir/backups.
+Environment=BACKUP_KEEP=14
+ExecStart=$app_dir/scripts/server.sh backup
+EOF
+        units_changed=true
+    fi
+    if put_file "/etc/systemd/system/$unit.timer" 644 root:root <<EOF; then
+[Unit]
+Description=Daily backup of the $project database
+
+[Timer]
+OnCalendar=*-*-* 03:00:00
+RandomizedDelaySec=30m
+# Catch up on a backup missed while the server was off.
+Persistent=true
+
+[Install]
+WantedBy=timers.target
+EOF
+        units_changed=true
+    fi
+    if $units_changed; then
+        systemctl daemon-reload
+        changed "$unit.service and $unit.timer"
+    fi
+    if systemctl is-enabled --quiet "$unit.timer" && systemctl is-active --quiet "$unit.timer"; then
+        unchanged "$unit.timer: daily, keeps 14 dumps"
+    else
+        systemctl enable --now "$unit.timer" >/dev/null 2>&1
+        changed "$unit.timer enabled"
+    fi
+}
+

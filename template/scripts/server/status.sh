@@ -1,0 +1,67 @@
+# shellcheck shell=bash
+# Read-only views of the server: status (what serves, and whether it is
+# healthy) and releases (the history). Sourced by scripts/server.sh; defines
+# functions only.
+
+cmd_releases() {
+    project_dir
+    [ -f releases.log ] || die "no release has been deployed yet"
+    cat releases.log
+}
+
+# Prints one line per fact; fails with every problem found, on one line.
+cmd_status() {
+    project_dir
+    local current problems=() service line
+    current=$(current_release)
+    say "project   $PROJECT in $APP_DIR"
+    say "release   ${current:-none} ($(went_live "$current"))"
+    for service in $(compose config --services); do
+        [ "$service" != migrate ] || continue
+        line=$(service_health "$service")
+        printf '%-9s %s\n' "$service" "$line"
+        case " $line " in
+            " not running ") problems+=("$service is not running") ;;
+            *" starting "* | *" unhealthy "*) problems+=("$service is ${line// /, }") ;;
+        esac
+    done
+    # What nginx serves, asked on the server the way a visitor would.
+    local port answer
+    port=$(env_value HTTP_PORT)
+    if answer=$(curl --silent --show-error --max-time 5 --header 'Host: localhost' "http://127.0.0.1:${port:-80}/healthz" 2>&1); then
+        say "serving   $answer (GET /healthz through nginx)"
+        [[ ${answer//[[:space:]]/} == *"\"release\":\"$current\""* ]] ||
+            problems+=("nginx serves another release than $current")
+    else
+        say "serving   nothing: $answer"
+        problems+=("/healthz does not answer through nginx")
+    fi
+    local previous newest
+    previous=$(previous_release "$current")
+    say "rollback  ${previous:-no earlier release}"
+    newest=$( (find backups -maxdepth 1 -name '*.dump' -printf '%f\n' 2>/dev/null || true) | sort)
+    say "backups   $(grep -c . <<<"$newest" || true), newest: $(tail -n 1 <<<"${newest:-none}")"
+    say "disk      $(df -h --output=avail "$APP_DIR" | tail -n 1 | tr -d ' ') free"
+    if [ ${#problems[@]} -gt 0 ]; then
+        local IFS=';'
+        local joined="${problems[*]}"
+        die "${joined//;/; }"
+    fi
+}
+
+# When RELEASE went live, from releases.log.
+went_live() {
+    awk -F '\t' -v r="$1" '$3 == r { t = $1 " by " $2 } END { print t ? "went live " t : "not in releases.log" }' \
+        releases.log 2>/dev/null || echo "no releases.log"
+}
+
+# The health of each running container of SERVICE (healthy, starting,
+# unhealthy, or running when it has no healthcheck), or "not running".
+service_health() {
+    local container line=""
+    for container in $(containers "$1" running); do
+        line+="$(docker inspect --format '{{if .State.Health}}{{.State.Health.Status}}{{else}}running{{end}}' "$container") "
+    done
+    line=${line:-not running }
+    echo "${line% }"
+}

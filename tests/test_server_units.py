@@ -1,0 +1,339 @@
+"""The server side of the deploy toolkit, unit by unit (no Docker engine).
+
+template/scripts/server.sh and its modules are plain bash, copied (not
+rendered) into a throwaway /srv/<project>/scripts/ under tmp_path. A fake
+`docker` (and `curl`) first on PATH records each call's argv and answers
+from a list of rules: (regex on the joined argv, stdout, exit status), first
+match wins, anything else prints nothing and succeeds. The tests then run
+server.sh's commands, or source it (sourcing runs nothing) and call one
+function, and check what it printed, returned and asked docker to do.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import grp
+import os
+import pwd
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from conftest import ROOT
+
+SCRIPTS = ROOT / "template" / "scripts"
+PROJECT = "shop"
+
+# Bash, not Python: it runs dozens of times per test. The log holds one call
+# per line, its arguments separated by the unit separator (\x1f); the rules
+# file one rule per line: regex, exit status, stdout (printf %b escapes).
+FAKE_DOCKER = r"""#!/usr/bin/env bash
+argv="$*"
+(IFS=$'\x1f' && printf '%s\n' "$*") >>"$FAKE_LOG"
+while IFS=$'\t' read -r pattern status stdout; do
+    if [[ $argv =~ $pattern ]]; then
+        printf '%b' "$stdout"
+        exit "$status"
+    fi
+done <"$FAKE_RULES"
+"""
+
+# /healthz through nginx answers with the release that .env names.
+FAKE_CURL = """#!/bin/sh
+printf '{"release": "%s", "status": "ok"}' "$(sed -n 's/^APP_RELEASE=//p' .env)"
+"""
+
+
+class Server:
+    """A deployed project's directory with server.sh, and fakes on PATH."""
+
+    def __init__(self, root: Path):
+        self.app_dir = root / "srv" / PROJECT
+        shutil.copytree(SCRIPTS / "server", self.app_dir / "scripts" / "server")
+        shutil.copy2(SCRIPTS / "server.sh", self.app_dir / "scripts" / "server.sh")
+        (self.app_dir / ".env").write_text("SECRET_KEY=x\nHTTP_PORT=80\n")
+        # nginx re-resolves at once: the switch waits only its 2 s margin.
+        templates = self.app_dir / "nginx" / "templates"
+        templates.mkdir(parents=True)
+        (templates / "default.conf.template").write_text("resolver 127.0.0.11 valid=0s ipv6=off;\n")
+        self.bin = root / "bin"
+        self.bin.mkdir()
+        for name, text in (("docker", FAKE_DOCKER), ("curl", FAKE_CURL)):
+            (self.bin / name).write_text(text)
+            (self.bin / name).chmod(0o755)
+        self.log = root / "docker.log"
+        self.rules_file = root / "rules.json"
+        self.rules: list[tuple[str, str, int]] = []
+
+    def env(self) -> dict[str, str]:
+        self.rules_file.write_text(
+            "".join(
+                f"{pattern}\t{status}\t{stdout.encode('unicode_escape').decode()}\n"
+                for pattern, stdout, status in self.rules
+            )
+        )
+        self.log.write_text("")
+        return {
+            **os.environ,
+            "PATH": f"{self.bin}{os.pathsep}{os.environ['PATH']}",
+            "FAKE_LOG": str(self.log),
+            "FAKE_RULES": str(self.rules_file),
+        }
+
+    def run(self, *args: str) -> subprocess.CompletedProcess:
+        return subprocess.run(
+            ["bash", str(self.app_dir / "scripts" / "server.sh"), *args],
+            env=self.env(), capture_output=True, text=True, timeout=60,
+        )  # fmt: skip
+
+    def call(self, script: str) -> subprocess.CompletedProcess:
+        """Source server.sh, enter the project, then run bash SCRIPT."""
+        prelude = f". {self.app_dir / 'scripts' / 'server.sh'}; COMMAND=test; project_dir; "
+        return subprocess.run(
+            ["bash", "-c", prelude + script], env=self.env(), capture_output=True, text=True, timeout=60
+        )
+
+    def calls(self) -> list[list[str]]:
+        return [line.split("\x1f") for line in self.log.read_text().splitlines()]
+
+    def release(self) -> str:
+        lines = (self.app_dir / ".env").read_text().splitlines()
+        return [line.split("=", 1)[1] for line in lines if line.startswith("APP_RELEASE=")][-1]
+
+    def releases_log(self, *entries: tuple[str, str]) -> None:
+        (self.app_dir / "releases.log").write_text(
+            "".join(
+                f"2026-01-0{i + 1}T00:00:00Z\t{action}\t{release}\tuploaded\n"
+                for i, (action, release) in enumerate(entries)
+            )
+        )
+        with (self.app_dir / ".env").open("a") as env:
+            env.write(f"APP_RELEASE={entries[-1][1]}\n")
+
+
+@pytest.fixture
+def server(tmp_path) -> Server:
+    return Server(tmp_path)
+
+
+def one_line(result: subprocess.CompletedProcess) -> str:
+    lines = result.stderr.strip().splitlines()
+    assert result.returncode != 0, result.stdout
+    assert len(lines) == 1, result.stderr
+    return lines[0]
+
+
+def test_sourcing_runs_nothing(server):
+    result = server.call(
+        "type cmd_deploy cmd_rollback switch prune_images put_file >/dev/null && echo defined"
+    )
+    assert result.stdout == "defined\n", result.stderr
+    assert server.calls() == []
+
+
+@pytest.mark.parametrize("release", ["relA", "0123456789ab", "v1.2.3-rc_1", "a" * 128])
+def test_release_ids_that_are_image_tags_are_valid(server, release):
+    assert server.call(f"valid_release '{release}'").returncode == 0
+
+
+@pytest.mark.parametrize("release", ["", "-x", ".x", "bad id", "a/b", "x:y", "a" * 129, "é"])
+def test_other_release_ids_are_refused_before_docker_runs(server, release):
+    assert server.call(f"valid_release '{release}'").returncode == 1
+    reason = one_line(server.run("deploy", release))
+    if release.startswith("-"):
+        assert reason == f"deploy: unknown option {release}"
+    else:
+        assert reason == f"deploy: not a release id: '{release}'"
+    assert server.calls() == []
+
+
+def test_deploy_and_rollback_options_are_checked(server):
+    assert one_line(server.run("deploy", "relA", "--keep", "0")).endswith(
+        "--keep needs a number of releases, at least 1"
+    )
+    assert one_line(server.run("deploy", "relA", "--health-timeout", "soon")).endswith(
+        "--health-timeout needs a number of seconds"
+    )
+    assert one_line(server.run("rollback", "--bogus")) == "rollback: unknown option --bogus"
+    assert one_line(server.run("deploy", "relA", "relB")) == "deploy: one RELEASE only"
+    assert one_line(server.run("deploy", "relA", "--keep")) == "deploy: --keep needs a value"
+
+
+def test_a_held_deploy_lock_refuses_a_second_deploy(server):
+    server.rules = [(r"^image inspect", "[]", 0)]
+    with open(server.app_dir / ".deploy.lock", "w") as held:
+        fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        for command in (("deploy", "relA"), ("rollback", "relA")):
+            reason = one_line(server.run(*command))
+            assert reason == f"{command[0]}: another deploy, rollback or restore is running on this server"
+    assert not any(call[0] == "compose" for call in server.calls())
+
+
+def test_a_compose_change_to_db_is_refused(server):
+    server.rules = [
+        (r"^image inspect", "[]", 0),
+        (r"service=db .*status=running", "dbcontainer\n", 0),
+        (r"^inspect .*config-hash.* dbcontainer$", "hash-running\n", 0),
+        (r"^compose .*config --hash db$", "db hash-wanted\n", 0),
+    ]
+    reason = one_line(server.run("deploy", "relB"))
+    assert reason.startswith(
+        "deploy: the compose files change the db service, and deploy never restarts the database"
+    )
+    assert "scripts/upgrade-postgres" in reason
+    assert not any("up" in call for call in server.calls()), "deploy started something anyway"
+
+
+def test_unchanged_db_lets_deploy_go_on(server):
+    server.rules = [
+        (r"^image inspect", "[]", 0),
+        (r"service=db .*status=running", "dbcontainer\n", 0),
+        (r"^inspect .*config-hash.* dbcontainer$", "same\n", 0),
+        (r"^compose .*config --hash db$", "db same\n", 0),
+    ]
+    result = server.run("deploy", "relB")
+    assert result.returncode == 0, result.stderr
+    assert "starting the stack with release relB" in result.stdout
+    assert server.release() == "relB"
+
+
+def test_pruning_keeps_the_current_release_and_the_newest_distinct_ones(server):
+    server.releases_log(("deploy", "A"), ("deploy", "B"), ("deploy", "C"), ("deploy", "D"), ("rollback", "C"))
+    server.rules = [(r"^image ls shop --format", "A\nB\nC\nD\nE\n", 0)]
+    result = server.call("prune_images 3")
+    assert result.returncode == 0, result.stderr
+    removed = sorted(call[2] for call in server.calls() if call[:2] == ["image", "rm"])
+    assert removed == ["shop:A", "shop:E"]
+    assert "kept the images of 3 release(s) for rollback (C D B), removed 2" in result.stdout
+    assert server.call("kept_releases 1").stdout == "C\n"
+
+
+def test_pruning_recreates_a_migrate_container_that_pins_an_old_image(server):
+    server.releases_log(("deploy", "A"), ("deploy", "B"))
+    server.rules = [
+        (r"service=migrate .*status=exited", "migrate1\n", 0),
+        (r"^inspect --format \{\{\.Config\.Image\}\} migrate1$", "shop:A\n", 0),
+    ]
+    assert server.call("prune_images 5").returncode == 0
+    assert [
+        "compose",
+        "--project-name",
+        "shop",
+        "up",
+        "--no-start",
+        "--no-build",
+        "migrate",
+    ] in server.calls()
+
+
+def test_rolling_back_twice_returns_to_the_start(server):
+    server.releases_log(("deploy", "A"), ("deploy", "B"), ("deploy", "C"))
+    server.rules = [(r"^image inspect", "[]", 0)]
+    first = server.run("rollback")
+    assert first.returncode == 0, first.stderr
+    assert "rolling back from C to B" in first.stdout
+    assert server.release() == "B"
+    assert not any(call[-1] == "migrate" for call in server.calls()), "a rollback runs no release step"
+
+    second = server.run("rollback")
+    assert second.returncode == 0, second.stderr
+    assert "rolling back from B to C" in second.stdout
+    assert server.release() == "C"
+    lines = (server.app_dir / "releases.log").read_text().splitlines()
+    assert [line.split("\t")[1:3] for line in lines[-2:]] == [["rollback", "B"], ["rollback", "C"]]
+
+
+def test_rollback_needs_an_earlier_release_and_its_image(server):
+    server.releases_log(("deploy", "A"))
+    assert one_line(server.run("rollback")) == (
+        f"rollback: no earlier release in {server.app_dir}/releases.log to roll back to"
+    )
+    server.releases_log(("deploy", "A"), ("deploy", "B"))
+    server.rules = [(r"^image inspect", "", 1)]
+    assert "the image of A is no longer on the server" in one_line(server.run("rollback"))
+    assert one_line(server.run("rollback", "B")) == "rollback: B is already the current release"
+
+
+def test_the_switch_keeps_new_containers_off_nginx_until_healthy(server):
+    server.releases_log(("deploy", "A"))
+    server.rules = [
+        (r"^image inspect", "[]", 0),
+        (r"service=app .*status=running", "old1\n", 0),
+        (r"service=app .*status=created", "new1\n", 0),
+        (r"service=nginx .*status=running", "nginx1\n", 0),
+        (r"^inspect --format \{\{range .*Networks.* new1$", "shop_web shop_backend \n", 0),
+        (r"^inspect --format \{\{range .*Networks.* nginx1$", "shop_web \n", 0),
+        (r"^inspect --format \{\{\.State\.Status", "running healthy 0\n", 0),
+        (r"^inspect --format \{\{\.Name\}\} new1$", "/shop-app-2\n", 0),
+        (r"^wait ", "0\n", 0),
+    ]
+    result = server.run("deploy", "B")
+    assert result.returncode == 0, result.stderr
+    calls = [" ".join(call) for call in server.calls()]
+    order = [
+        calls.index("network disconnect shop_web new1"),
+        calls.index("start new1"),
+        calls.index("network connect --alias app --alias shop-app-2 shop_web new1"),
+        calls.index("stop old1"),
+        calls.index("rm old1"),
+    ]
+    assert order == sorted(order), calls
+    assert "network disconnect shop_backend new1" not in calls, "only nginx's networks are left"
+    assert any("up --detach --no-build migrate" in call for call in calls), "a deploy runs the release step"
+    stopped = [
+        line for line in result.stdout.splitlines() if line.startswith("    stopped 1 container(s) of A at ")
+    ]
+    assert len(stopped) == 1 and stopped[0].endswith("Z"), result.stdout
+    assert server.release() == "B"
+
+
+def test_a_release_that_never_turns_healthy_is_removed_and_the_old_one_stays(server):
+    server.releases_log(("deploy", "A"))
+    server.rules = [
+        (r"^image inspect", "[]", 0),
+        (r"service=app .*status=running", "old1\n", 0),
+        (r"service=app .*status=created", "new1\n", 0),
+        (r"^inspect --format \{\{\.State\.Status", "running unhealthy 0\n", 0),
+        (r"^logs --tail 15 new1$", "Traceback: boom\n", 0),
+        (r"^wait ", "0\n", 0),
+    ]
+    result = server.run("deploy", "B")
+    reason = one_line(result)
+    assert reason == (
+        "deploy: release B never turned healthy (its healthcheck fails);"
+        " it got no traffic, and A keeps serving"
+    )
+    assert "        Traceback: boom" in result.stdout
+    calls = [" ".join(call) for call in server.calls()]
+    assert "rm --force new1" in calls and "stop old1" not in calls
+    assert server.release() == "A"
+
+
+def test_put_file_reports_changed_then_ok(server, tmp_path):
+    owner = f"{pwd.getpwuid(os.getuid()).pw_name}:{grp.getgrgid(os.getgid()).gr_name}"
+    target = tmp_path / "etc" / "app.conf"
+    script = f"if put_file {target} 640 {owner} <<<'a=1'; then echo 0; else echo 1; fi"
+    assert server.call(script).stdout == "0\n", "a new file is written"
+    assert server.call(script).stdout == "1\n", "the same content again changes nothing"
+    target.chmod(0o644)
+    assert server.call(script).stdout == "0\n", "a wrong mode is put right"
+    assert oct(target.stat().st_mode & 0o777) == "0o640"
+    assert server.call(script.replace("a=1", "a=2")).stdout == "0\n"
+    assert target.read_text() == "a=2\n"
+
+
+def test_status_names_every_problem_on_one_line(server):
+    server.releases_log(("deploy", "A"), ("deploy", "B"))
+    server.rules = [
+        (r"^compose .*config --services$", "db\nmigrate\napp\nnginx\n", 0),
+        (r"service=app .*status=running", "app1\n", 0),
+        (r"service=nginx .*status=running", "nginx1\n", 0),
+        (r"Health\.Status.* app1$", "unhealthy\n", 0),
+        (r"Health\.Status.* nginx1$", "healthy\n", 0),
+    ]
+    result = server.run("status")
+    assert one_line(result) == "status: db is not running; app is unhealthy"
+    assert "release   B (went live 2026-01-02T00:00:00Z by deploy)" in result.stdout
+    assert "rollback  A" in result.stdout
