@@ -162,4 +162,3 @@ provision_swap() {
         changed "vm.swappiness = 10"
     fi
 }
-

@@ -359,4 +359,3 @@ EOF
         changed "$unit.timer enabled"
     fi
 }
-
