@@ -4,6 +4,13 @@ Environment:
   TEMPLATE_TEST_PREPARE  a command run on each rendered project before it is
                          built, with the project's path appended (CI uses it
                          to provide base images where no registry is reachable).
+  TEMPLATE_TESTS_REQUIRE_DOCKER=1
+                         Docker tests were asked for (`nox -s stack` sets it):
+                         without a working engine the run fails instead of
+                         skipping them.
+  TEMPLATE_TESTS_NO_SKIPS=1
+                         a skipped test fails the run (both nox sessions set it).
+  CI=true                implies both.
 """
 
 from __future__ import annotations
@@ -13,8 +20,8 @@ import shlex
 import shutil
 import socket
 import subprocess
-import time
 import sys
+import time
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -55,23 +62,71 @@ def docker_available() -> str | None:
     """None when a Docker engine answers, else the reason it does not."""
     if not shutil.which("docker"):
         return "the docker client is not installed"
-    result = subprocess.run(["docker", "info"], capture_output=True, text=True)
+    result = subprocess.run(["docker", "info"], capture_output=True, text=True, check=False)
     if result.returncode != 0:
-        return "no Docker engine answers `docker info`: " + result.stderr.strip().splitlines()[-1]
-    if subprocess.run(["docker", "compose", "version"], capture_output=True).returncode != 0:
+        lines = result.stderr.strip().splitlines() or [f"exit status {result.returncode}"]
+        return "no Docker engine answers `docker info`: " + lines[-1]
+    if subprocess.run(["docker", "compose", "version"], capture_output=True, check=False).returncode != 0:
         return "the docker compose plugin is missing"
     return None
 
 
+def _env_flag(name: str) -> bool:
+    return os.environ.get(name, "").lower() in ("1", "true", "yes") or os.environ.get("CI") == "true"
+
+
+# After pytest's own hook has deselected by -m/-k: only tests that will run count.
+@pytest.hookimpl(trylast=True)
 def pytest_collection_modifyitems(config, items):
-    reason = None
-    for item in items:
-        if item.get_closest_marker("docker"):
-            reason = reason or docker_available() or ""
-            if reason:
-                item.add_marker(pytest.mark.skip(reason=f"needs Docker: {reason}"))
-    if reason:
-        print(f"\nSkipping Docker tests: {reason}")
+    docker_items = [item for item in items if item.get_closest_marker("docker")]
+    reason = docker_available() if docker_items else None
+    if not reason:
+        return
+    if _env_flag("TEMPLATE_TESTS_REQUIRE_DOCKER"):
+        pytest.exit(
+            f"{len(docker_items)} Docker tests were asked for (TEMPLATE_TESTS_REQUIRE_DOCKER=1 or CI=true), "
+            f"but {reason}. Start a Docker engine, or run only the render tests (`nox -s render`).",
+            returncode=pytest.ExitCode.TESTS_FAILED,
+        )
+    for item in docker_items:
+        item.add_marker(pytest.mark.skip(reason=f"needs Docker: {reason}"))
+    print(f"\nSkipping {len(docker_items)} Docker tests: {reason}")
+
+
+# Every skipped test of the session (xfail included): where skips are not
+# allowed to count as passing, the session fails and names them.
+_skipped: list[str] = []
+
+
+def _skip_reason(report) -> str:
+    reason = report.longrepr[2] if isinstance(report.longrepr, tuple) else str(report.longrepr)
+    return reason.removeprefix("Skipped: ")
+
+
+def pytest_runtest_logreport(report):
+    if report.skipped:
+        _skipped.append(f"{report.nodeid}: {_skip_reason(report)}")
+
+
+def pytest_collectreport(report):
+    """A module skipped as a whole (pytest.skip at import, importorskip)."""
+    if report.skipped:
+        _skipped.append(f"{report.nodeid}: {_skip_reason(report)}")
+
+
+def pytest_sessionfinish(session, exitstatus):
+    if _skipped and _env_flag("TEMPLATE_TESTS_NO_SKIPS") and exitstatus == pytest.ExitCode.OK:
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
+
+
+def pytest_terminal_summary(terminalreporter, exitstatus, config):
+    if _skipped and _env_flag("TEMPLATE_TESTS_NO_SKIPS"):
+        terminalreporter.write_sep(
+            "=", f"FAILED: {len(_skipped)} skipped, and a skip is not a pass here", red=True, bold=True
+        )
+        terminalreporter.write_line("With TEMPLATE_TESTS_NO_SKIPS=1 or CI=true every test must run; skipped:")
+        for line in _skipped:
+            terminalreporter.write_line(f"  {line}")
 
 
 def free_port() -> int:
@@ -101,7 +156,9 @@ class Stack:
     def url(self) -> str:
         return f"http://localhost:{self.http_port}"
 
-    def compose(self, *args: str, check: bool = True, timeout: float = 900, **kwargs) -> subprocess.CompletedProcess:
+    def compose(
+        self, *args: str, check: bool = True, timeout: float = 900, **kwargs
+    ) -> subprocess.CompletedProcess:
         command = ["docker", "compose"]
         for file in self.files:
             command += ["-f", file]
@@ -120,7 +177,9 @@ class Stack:
         try:
             self.compose("up", "-d", "--wait", "--wait-timeout", "180", *extra)
         except subprocess.CalledProcessError as error:
-            raise AssertionError(f"`docker compose up` failed:\n{error.stdout}\n{error.stderr}\n{self.logs()}") from None
+            raise AssertionError(
+                f"`docker compose up` failed:\n{error.stdout}\n{error.stderr}\n{self.logs()}"
+            ) from None
 
     def logs(self) -> str:
         return self.compose("logs", "--no-color", "--tail", "200", check=False).stdout
@@ -143,13 +202,24 @@ class Stack:
                 response = None
             if time.monotonic() > deadline:
                 got = response.status_code if response is not None else "no answer"
-                raise AssertionError(f"GET {path} never returned {status} within {timeout}s (last: {got})\n{self.logs()}")
+                raise AssertionError(
+                    f"GET {path} never returned {status} within {timeout}s (last: {got})\n{self.logs()}"
+                )
             time.sleep(0.5)
 
 
 @pytest.fixture(scope="session")
 def template_root() -> Path:
     return ROOT
+
+
+@pytest.fixture(scope="session")
+def template_repo(tmp_path_factory) -> Path:
+    """A template repository with two synthetic releases, 1.0.0 and 1.1.0
+    (tests/updating.py), for the update and Postgres upgrade tests."""
+    from updating import make_template_repo
+
+    return make_template_repo(tmp_path_factory.mktemp("template") / "repo")
 
 
 @contextmanager
