@@ -30,7 +30,7 @@ def test_plain():
 """
 
 
-def pytest_run(tmp_path: Path, tests: str, **env: str) -> subprocess.CompletedProcess:
+def pytest_run(tmp_path: Path, tests: str, *args: str, **env: str) -> subprocess.CompletedProcess:
     (tmp_path / "pytest.ini").write_text("[pytest]\nmarkers =\n    docker: needs a Docker engine\n")
     (tmp_path / "test_tiny.py").write_text(tests)
     clean = {
@@ -38,8 +38,9 @@ def pytest_run(tmp_path: Path, tests: str, **env: str) -> subprocess.CompletedPr
         for key, value in os.environ.items()
         if key not in ("CI", "TEMPLATE_TESTS_REQUIRE_DOCKER", "TEMPLATE_TESTS_NO_SKIPS", "PYTEST_ADDOPTS")
     }
+    command = [sys.executable, "-m", "pytest", "-p", "conftest", "-p", "no:cacheprovider", "-rs"]
     return subprocess.run(
-        [sys.executable, "-m", "pytest", "-p", "conftest", "-p", "no:cacheprovider", "-rs", "test_tiny.py"],
+        [*command, *args, "test_tiny.py"],
         cwd=tmp_path,
         env={**clean, "PYTHONPATH": str(HERE), "DOCKER_HOST": DEAD_ENGINE, **env},
         capture_output=True,
@@ -57,6 +58,14 @@ def test_an_unreachable_engine_fails_a_run_that_asks_for_docker(tmp_path, env):
     assert "1 Docker tests were asked for" in output, output
     assert "no Docker engine answers `docker info`" in output, output
     assert " passed" not in output and " skipped" not in output, output
+
+
+def test_a_run_that_deselects_docker_tests_needs_no_engine(tmp_path):
+    """As `nox -s render` in CI: -m "not docker" leaves no Docker test to run."""
+    result = pytest_run(tmp_path, TINY_TESTS, "-m", "not docker", CI="true")
+    output = result.stdout + result.stderr
+    assert result.returncode == pytest.ExitCode.OK, output
+    assert "1 passed, 1 deselected" in output and "Docker" not in output, output
 
 
 def test_without_the_request_docker_tests_skip_and_say_why(tmp_path):
