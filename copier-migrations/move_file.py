@@ -76,7 +76,7 @@ def main() -> int:
     version_from = os.environ.get("VERSION_FROM", "")
     base = git_show(version_from, f"{args.subdirectory}/{args.old}", cwd=template) if version_from else None
 
-    if theirs is None or ours == theirs or ours == base:
+    if theirs is None or ours in (theirs, base):
         # Nothing of the project's own to keep, or nothing of the template's to add.
         result, conflict = (ours if theirs is None else theirs), False
     elif base is not None:

@@ -17,17 +17,16 @@ VENV = ROOT / ".venv"
 
 def ensure_venv(*requirements: str) -> Path:
     """Create .venv if needed, install the requirements, return its bin directory."""
-    if sys.version_info < (3, 11):
+    # Whatever python3 the user has runs this: an older one gets a clear message.
+    if sys.version_info < (3, 11):  # noqa: UP036
         sys.exit(f"Python 3.11 or newer is needed (this is {sys.version.split()[0]}).")
     bin_dir = VENV / ("Scripts" if os.name == "nt" else "bin")
     if not (bin_dir / "python").exists():
         print(f"==> creating {VENV.relative_to(ROOT)}", flush=True)
         venv.EnvBuilder(with_pip=True).create(VENV)
     print(f"==> installing {' '.join(requirements)}", flush=True)
-    subprocess.run(
-        [str(bin_dir / "python"), "-m", "pip", "install", "--quiet", "--disable-pip-version-check", *requirements],
-        check=True,
-    )
+    pip = [str(bin_dir / "python"), "-m", "pip", "install", "--quiet", "--disable-pip-version-check"]
+    subprocess.run([*pip, *requirements], check=True)
     return bin_dir
 
 

@@ -61,7 +61,8 @@ for t in pool: t.join()
 elapsed = time.monotonic() - began
 latencies.sort()
 p99 = latencies[int(len(latencies) * 0.99) - 1] if latencies else float("nan")
-print(json.dumps({"requests": len(latencies), "errors": errors[0], "rps": len(latencies) / elapsed, "p99_ms": p99 * 1000}))
+summary = {"requests": len(latencies), "errors": errors[0], "rps": len(latencies) / elapsed}
+print(json.dumps({**summary, "p99_ms": p99 * 1000}))
 """
 
 
@@ -79,9 +80,10 @@ def load(stack: Stack, python_image: str, target: str, seconds: float, threads: 
     host, port = target.split(":")
     client = docker.from_env()
     network = f"{stack.name}_web"
+    load_arguments = [host, port, "/healthz", "localhost", str(seconds), str(threads), "200000"]
     output = client.containers.run(
         python_image,
-        ["python", "-c", LOAD_GENERATOR, host, port, "/healthz", "localhost", str(seconds), str(threads), "200000"],
+        ["python", "-c", LOAD_GENERATOR, *load_arguments],
         network=network,
         remove=True,
     )
@@ -123,10 +125,14 @@ def bench(framework: str, seconds: float, threads: int) -> dict:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--framework", choices=FRAMEWORKS, action="append")
     parser.add_argument("--seconds", type=float, default=5.0, help="length of each load run (default 5)")
-    parser.add_argument("--threads", type=int, default=8, help="concurrent keep-alive connections (default 8)")
+    parser.add_argument(
+        "--threads", type=int, default=8, help="concurrent keep-alive connections (default 8)"
+    )
     args = parser.parse_args()
     rows = [bench(framework, args.seconds, args.threads) for framework in args.framework or FRAMEWORKS]
     print()
