@@ -12,11 +12,30 @@
 #   placeholder until the first certificate arrives, so that nginx can start
 #   on a fresh server, then to live/NAME, which certbot updates on renewal.
 #   nginx notices the new certificate and reloads (nginx/https/entrypoint.sh).
-# - Twice a day `certbot certonly --keep-until-expiring` renews the
-#   certificate once it is due (a third of its lifetime left: about 30 days
-#   for Let's Encrypt's 90-day certificates), and applies changed names or a
-#   changed ACME_SERVER.
+# - Every CERTBOT_RENEW_INTERVAL seconds (twice a day by default) `certbot
+#   certonly --keep-until-expiring` renews the certificate once it is due, and
+#   applies changed names or a changed ACME_SERVER. Due means less than
+#   CERTBOT_RENEW_BEFORE_EXPIRY left (say "30 days"); unset, certbot decides:
+#   a third of the lifetime left, about 30 days for Let's Encrypt's 90-day
+#   certificates, or earlier if the CA's renewal info (ARI) says so.
 set -eu
+
+interval="${CERTBOT_RENEW_INTERVAL:-43200}"
+renew_before_expiry="${CERTBOT_RENEW_BEFORE_EXPIRY:-}"
+case "$interval" in
+    "" | *[!0-9]*) interval=0 ;;
+esac
+if [ "$interval" -eq 0 ]; then
+    echo "CERTBOT_RENEW_INTERVAL=$CERTBOT_RENEW_INTERVAL is not a positive number of seconds: set it to 43200 (twice a day) or unset it." >&2
+    exit 1
+fi
+# certbot reads any text it cannot parse as "now", which would never renew:
+# only a plain duration gets through.
+if [ -n "$renew_before_expiry" ] && ! printf '%s\n' "$renew_before_expiry" \
+    | grep -Eqx '[0-9]+ (second|minute|hour|day|week)s?( [0-9]+ (second|minute|hour|day|week)s?)*'; then
+    echo "CERTBOT_RENEW_BEFORE_EXPIRY=$renew_before_expiry is not a duration such as \"30 days\" or \"12 hours\": fix it or unset it." >&2
+    exit 1
+fi
 
 webroot=/var/www/certbot
 serving=/etc/letsencrypt/serving
@@ -75,8 +94,21 @@ for name in names:
 PY
 }
 
+# certbot has no flag for the threshold: it reads renew_before_expiry from the
+# certificate's renewal configuration, and keeps it there across renewals.
+set_renewal_threshold() {
+    [ -f "$1" ] || return 0  # no certificate yet
+    {
+        if [ -n "$renew_before_expiry" ]; then echo "renew_before_expiry = $renew_before_expiry"; fi
+        grep -v '^renew_before_expiry[[:space:]]*=' "$1" || true
+    } > "$1.new"
+    cat "$1.new" > "$1"  # in place, keeping the file's owner and mode
+    rm "$1.new"
+}
+
 obtain() {
     renewal_config="/etc/letsencrypt/renewal/$cert_name.conf"
+    set_renewal_threshold "$renewal_config"
     replace=""
     if [ -f "$renewal_config" ] && ! grep -qxF "server = $ACME_SERVER" "$renewal_config"; then
         echo "ACME_SERVER changed: replacing the certificate with one from $ACME_SERVER."
@@ -86,10 +118,13 @@ obtain() {
     certbot certonly --non-interactive --agree-tos --email "$ACME_EMAIL" --no-eff-email \
         --server "$ACME_SERVER" --webroot --webroot-path "$webroot" \
         --cert-name "$cert_name" $(printf -- '--domain %s ' "$@") \
-        --keep-until-expiring --renew-with-new-domains $replace
+        --keep-until-expiring --renew-with-new-domains $replace || return 1
+    set_renewal_threshold "$renewal_config"  # a first certificate's, from the start
 }
 
 trap 'exit 0' TERM INT
+if [ -n "$renew_before_expiry" ]; then due="$renew_before_expiry before expiry"; else due="at certbot's default"; fi
+echo "Checking the certificate every $interval s; renewal is due $due."
 failures=0
 while :; do
     if ! nginx_serves_webroot "$@"; then
@@ -101,7 +136,7 @@ while :; do
             ln -sfn "live/$cert_name" "$serving"
             echo "nginx now serves the certificate for$domains."
         fi
-        pause=43200
+        pause="$interval"
     else
         # Back off, to stay within Let's Encrypt's rate limits.
         failures=$((failures + 1))
