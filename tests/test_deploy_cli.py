@@ -22,14 +22,19 @@ SCRIPTS = ["provision", "deploy", "rollback", "backup", "restore", "logs", "stat
 APP_DIR = "/srv/my_app"
 
 # Records each call's argv (one line) and its last argument, the remote
-# command (one line); saves what `tar -xf` would unpack; answers the few
-# commands whose output the scripts read.
+# command (one line); like the real ssh, reads its standard input unless
+# given -n (or -N, -O, -G), keeping what it read; saves what `tar -xf` would
+# unpack; answers the few commands whose output the scripts read.
 FAKE_SSH = r"""#!/usr/bin/env bash
 printf '%s\n' "$*" >>"$FAKE_LOG/argv"
 command=${*: -1}
 printf '%s\n' "$command" >>"$FAKE_LOG/commands"
+case " $* " in
+    *" -n "* | *" -N "* | *" -O "* | *" -G "*) ;;
+    *) cat >>"$FAKE_LOG/stdin" ;;
+esac
 case $command in
-    *"tar -xf"*) cat >"$FAKE_LOG/shipped.tar" ;;
+    *"tar -xf"*) mv "$FAKE_LOG/stdin" "$FAKE_LOG/shipped.tar" ;;
     "id -u ") echo 0 ;;
     "mktemp -d ") echo /tmp/stage ;;
     *"docker image inspect"*) echo sha256:local ;;
@@ -73,12 +78,12 @@ class Fake:
         for name in ("DEPLOY_TRACE", "DEPLOY_USER", "DEPLOY_SSH_CONFIG"):
             self.env.pop(name, None)
 
-    def run(self, script: str, *args: str, **env: str) -> subprocess.CompletedProcess:
+    def run(self, script: str, *args: str, input: str = "", **env: str) -> subprocess.CompletedProcess:
         return subprocess.run(
             [str(self.project / "scripts" / script), *args],
             cwd=self.project,
             env={**self.env, **env},
-            input="",
+            input=input,
             capture_output=True,
             text=True,
             timeout=30,
@@ -226,3 +231,23 @@ def test_provision_ships_server_sh_with_its_modules(fake, project, tmp_path):
     assert len(run) == 1
     assert " /tmp/stage /tmp/stage env DEPLOY_TRACE=1 bash ./server.sh provision --project my_app " in run[0]
     assert run[0].endswith(" --swap 0 --key-file key-0.pub --key-file key-1.pub ")
+
+
+def test_restore_reads_the_answer_piped_to_it_and_uploads_apart(fake, tmp_path):
+    dump = tmp_path / "my_app-1.dump"
+    dump.write_bytes(b"PGDMP and the rest")
+    result = fake.run("restore", "host", str(dump), input="yes\n")
+    assert result.returncode == 0, result.stderr
+    assert (fake.log / "stdin").read_bytes() == b"PGDMP and the rest", "only the upload reads stdin"
+    assert fake.server_commands[-1].endswith("/scripts/server.sh restore uploaded/my_app-1.dump ")
+
+
+def test_restore_refuses_a_local_file_that_is_no_dump_before_any_ssh(fake, tmp_path):
+    dump = tmp_path / "notes.txt"
+    dump.write_text("not a dump")
+    message = error_line(fake.run("restore", "--yes", "host", str(dump)))
+    assert (
+        message
+        == f"restore: {dump} is not a pg_dump custom-format file (scripts/backup makes them): nothing changed"
+    )
+    assert fake.lines("argv") == []

@@ -27,10 +27,24 @@ def build_mirror(project: Path, mirror: Path) -> int:
     assert uv, "uv is installed with the test requirements"
     subprocess.run(
         [
-            "docker", "run", "--rm", "--user", "0",
-            "-e", "UV_PYTHON_DOWNLOADS=never",
-            "-v", f"{uv}:/usr/local/bin/uv:ro", "-v", f"{project}:/project:ro", "-v", f"{wheels}:/wheels",
-            "-w", "/project", f"python:{python}-slim", "sh", "-c",
+            "docker",
+            "run",
+            "--rm",
+            "--user",
+            "0",
+            "-e",
+            "UV_PYTHON_DOWNLOADS=never",
+            "-v",
+            f"{uv}:/usr/local/bin/uv:ro",
+            "-v",
+            f"{project}:/project:ro",
+            "-v",
+            f"{wheels}:/wheels",
+            "-w",
+            "/project",
+            f"python:{python}-slim",
+            "sh",
+            "-c",
             "uv export --frozen --no-dev --no-emit-project --quiet --output-file /tmp/requirements.txt"
             " && pip download --quiet --only-binary=:all: --no-deps -r /tmp/requirements.txt -d /wheels"
             " && chmod -R a+rX /wheels",
@@ -55,16 +69,38 @@ def test_build_installs_locked_packages_from_a_mirror(tmp_path):
     port = free_port()
     log = (tmp_path / "mirror.log").open("w")
     server = subprocess.Popen(
-        [sys.executable, "-m", "http.server", "--bind", "127.0.0.1", str(port), "--directory", str(tmp_path / "mirror")],
+        [
+            sys.executable,
+            "-m",
+            "http.server",
+            "--bind",
+            "127.0.0.1",
+            str(port),
+            "--directory",
+            str(tmp_path / "mirror"),
+        ],
         stderr=log,
         stdout=log,
     )
     tag = f"tt-mirror-{port}"
     try:
         build = subprocess.run(
-            ["docker", "build", "--network", "host", "--target", "production", "--tag", tag,
-             "--build-arg", f"UV_DEFAULT_INDEX=http://127.0.0.1:{port}/simple", "."],
-            cwd=project, capture_output=True, text=True,
+            [
+                "docker",
+                "build",
+                "--network",
+                "host",
+                "--target",
+                "production",
+                "--tag",
+                tag,
+                "--build-arg",
+                f"UV_DEFAULT_INDEX=http://127.0.0.1:{port}/simple",
+                ".",
+            ],
+            cwd=project,
+            capture_output=True,
+            text=True,
         )
         assert build.returncode == 0, build.stderr[-3000:]
     finally:

@@ -33,7 +33,17 @@ def project(request, tmp_path_factory) -> Path:
 
 def test_defaults_render_unattended(tmp_path):
     result = subprocess.run(
-        [sys.executable, "-m", "copier", "copy", "--defaults", "--vcs-ref", "HEAD", str(ROOT), str(tmp_path / "p")],
+        [
+            sys.executable,
+            "-m",
+            "copier",
+            "copy",
+            "--defaults",
+            "--vcs-ref",
+            "HEAD",
+            str(ROOT),
+            str(tmp_path / "p"),
+        ],
         capture_output=True,
         text=True,
     )
@@ -102,8 +112,14 @@ def test_invalid_answers_are_rejected_and_nothing_is_written(tmp_path, answers, 
 
 def test_validation_error_is_one_clear_line(tmp_path):
     with pytest.raises(Exception) as error:
-        run_copy(str(ROOT), tmp_path / "p", data={**DEFAULTS, "domain": "Not A Host"}, defaults=True,
-                 vcs_ref="HEAD", quiet=True)
+        run_copy(
+            str(ROOT),
+            tmp_path / "p",
+            data={**DEFAULTS, "domain": "Not A Host"},
+            defaults=True,
+            vcs_ref="HEAD",
+            quiet=True,
+        )
     message = str(error.value)
     assert "The domain must be a lower-case hostname" in message
     assert "\n" not in message.strip()
@@ -131,8 +147,11 @@ def test_env_holds_strong_fresh_secrets(tmp_path):
     envs = []
     for name in ("a", "b"):
         project = render(tmp_path / name)
-        env = dict(line.split("=", 1) for line in (project / ".env").read_text().splitlines()
-                   if line and not line.startswith("#"))
+        env = dict(
+            line.split("=", 1)
+            for line in (project / ".env").read_text().splitlines()
+            if line and not line.startswith("#")
+        )
         envs.append(env)
         assert re.fullmatch(r"[0-9a-f]{64}", env["SECRET_KEY"])
         assert re.fullmatch(r"[0-9a-f]{40}", env["POSTGRES_PASSWORD"])
@@ -151,18 +170,30 @@ def test_env_example_documents_every_variable_compose_reads(project):
 
 
 def test_ruff_passes_on_generated_python(project):
-    result = subprocess.run([sys.executable, "-m", "ruff", "check", "--no-cache", "."], cwd=project,
-                            capture_output=True, text=True)
+    result = subprocess.run(
+        [sys.executable, "-m", "ruff", "check", "--no-cache", "."],
+        cwd=project,
+        capture_output=True,
+        text=True,
+    )
     assert result.returncode == 0, result.stdout + result.stderr
-    result = subprocess.run([sys.executable, "-m", "ruff", "format", "--check", "--no-cache", "."], cwd=project,
-                            capture_output=True, text=True)
+    result = subprocess.run(
+        [sys.executable, "-m", "ruff", "format", "--check", "--no-cache", "."],
+        cwd=project,
+        capture_output=True,
+        text=True,
+    )
     assert result.returncode == 0, result.stdout + result.stderr
 
 
 def test_hadolint_passes_with_no_warnings(project):
     hadolint = Path(sys.executable).parent / "hadolint"
-    result = subprocess.run([str(hadolint), "--config", ".hadolint.yaml", "Dockerfile"], cwd=project,
-                            capture_output=True, text=True)
+    result = subprocess.run(
+        [str(hadolint), "--config", ".hadolint.yaml", "Dockerfile"],
+        cwd=project,
+        capture_output=True,
+        text=True,
+    )
     assert result.returncode == 0 and not result.stdout.strip(), result.stdout + result.stderr
 
 
@@ -185,7 +216,9 @@ def test_production_compose_publishes_only_nginx(project):
     compose = yaml.safe_load((project / "compose.yaml").read_text())
     published = {name for name, service in compose["services"].items() if service.get("ports")}
     assert published == {"nginx"}
-    assert compose["services"]["app"]["depends_on"]["migrate"]["condition"] == "service_completed_successfully"
+    assert (
+        compose["services"]["app"]["depends_on"]["migrate"]["condition"] == "service_completed_successfully"
+    )
     assert compose["services"]["nginx"]["depends_on"]["app"]["condition"] == "service_healthy"
     assert "healthcheck" in compose["services"]["db"] and "healthcheck" in compose["services"]["nginx"]
 
@@ -208,7 +241,8 @@ def shell_scripts(project: Path) -> list[Path]:
     return [
         path
         for path in rendered_files(project)
-        if path.suffix == ".sh" or path.read_text().startswith(("#!/usr/bin/env bash", "#!/bin/sh", "#!/bin/bash"))
+        if path.suffix == ".sh"
+        or path.read_text().startswith(("#!/usr/bin/env bash", "#!/bin/sh", "#!/bin/bash"))
     ]
 
 
@@ -216,7 +250,9 @@ def test_shell_scripts_pass_shellcheck(project):
     scripts = shell_scripts(project)
     assert len(scripts) >= 5
     shellcheck = Path(sys.executable).parent / "shellcheck"
-    result = subprocess.run([str(shellcheck), *map(str, scripts)], cwd=project, capture_output=True, text=True)
+    result = subprocess.run(
+        [str(shellcheck), *map(str, scripts)], cwd=project, capture_output=True, text=True
+    )
     assert result.returncode == 0, result.stdout + result.stderr
 
 
@@ -225,6 +261,8 @@ def test_every_user_command_has_help(project):
     names = {p.name for p in commands}
     assert {"provision", "deploy", "rollback", "backup", "restore", "logs", "status"} <= names
     for command in commands:
-        result = subprocess.run([str(command), "--help"], cwd=project, capture_output=True, text=True, timeout=20)
+        result = subprocess.run(
+            [str(command), "--help"], cwd=project, capture_output=True, text=True, timeout=20
+        )
         assert result.returncode == 0, f"{command.name} --help: {result.stderr}"
         assert "Usage" in result.stdout or "usage" in result.stdout, f"{command.name} --help prints no usage"

@@ -43,20 +43,43 @@ prune_dumps() {
 
 # restore FILE: replace the database's contents with a dump, in one
 # transaction: if any of it fails, nothing changes. Requests wait while it
-# runs. A safety backup of the current data comes first.
+# runs. FILE is checked whole first; then a safety backup of the current data
+# is taken. An upload (scripts/restore puts it in backups/uploaded/) joins
+# the other dumps once restored, and is removed if it is refused, so that a
+# bad file never counts as a backup.
 cmd_restore() {
-    local file=${1:-}
+    local file=${1:-} uploaded=false
     [ -n "$file" ] || die "name the dump to restore"
     project_dir
     [[ $file == /* ]] || file=$APP_DIR/backups/$file
+    [[ $file != "$APP_DIR/backups/uploaded/"* ]] || uploaded=true
     [ -f "$file" ] || die "no such dump on the server: $file"
     lock
+    step "checking $(basename "$file"): pg_restore reads all of it"
+    if ! check_dump "$file"; then
+        ! $uploaded || rm -f "$file"
+        die "$(basename "$file") is not a whole pg_dump custom-format archive (truncated or another format): nothing changed"
+    fi
     step "safety backup of the current data first"
     cmd_backup --label pre-restore | indent
     step "restoring $(basename "$file") into database $(env_value POSTGRES_DB)"
     # shellcheck disable=SC2016 # expanded in the container
-    compose exec -T -e PGOPTIONS='-c lock_timeout=60s' db sh -c \
+    if ! compose exec -T -e PGOPTIONS='-c lock_timeout=60s' db sh -c \
         'pg_restore --clean --if-exists --no-owner --single-transaction --exit-on-error --username="$POSTGRES_USER" --dbname="$POSTGRES_DB"' \
-        <"$file" 2>&1 | indent || die "pg_restore failed: the database is unchanged"
+        <"$file" 2>&1 | indent; then
+        ! $uploaded || rm -f "$file"
+        die "pg_restore failed: the database is unchanged"
+    fi
+    if $uploaded; then
+        # Named like the server's own dumps, so that their retention covers it.
+        mv "$file" "backups/$PROJECT-$(date -u +%Y%m%dT%H%M%SZ)-uploaded.dump"
+    fi
     step "restored $(basename "$file")"
+}
+
+# Whether FILE is a complete custom-format archive: pg_restore reads every
+# entry and writes the SQL nowhere. A truncated dump fails here, before the
+# safety backup and the restore.
+check_dump() {
+    compose exec -T db pg_restore --file=/dev/null <"$1" >/dev/null 2>&1
 }
