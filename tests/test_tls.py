@@ -3,14 +3,18 @@
 Pebble, Let's Encrypt's ACME test server, runs in the stack's `acme` network
 under a test-only compose file layered on the project's own; a network alias
 gives nginx the test domain there, so Pebble's HTTP-01 validation reaches it.
-The certbot service runs unchanged except for ACME_SERVER and the CA it
-trusts for Pebble's API. Then, through the published ports:
+The certbot service runs unchanged except for ACME_SERVER, the CA it trusts
+for Pebble's API, and its two documented renewal settings: a check every
+RENEW_INTERVAL seconds, and a threshold that makes each certificate due
+RENEW_AFTER seconds after Pebble issued it. Then, through the published ports:
 
 - the certificate nginx serves verifies against Pebble's root, with http/2;
 - http redirects to https, except the ACME challenge and the health checks;
 - HSTS and the security headers are on every https response, once;
 - the app sees https (its canonical link; secure cookies and `check --deploy`);
-- a forced renewal is served after a reload, with no request failing meanwhile.
+- the certbot service's own loop renews, and nginx reloads onto the new
+  certificate while keep-alive, fresh-connection and HTTP/2 clients keep
+  requesting, none of them failing.
 """
 
 from __future__ import annotations
@@ -23,16 +27,30 @@ import ssl
 import subprocess
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
+import h2.config
+import h2.connection
+import h2.events
 import pytest
 import requests
+import requests.adapters
+import urllib3
+import urllib3.connection
 import yaml
+
 from conftest import FRAMEWORKS, Stack, free_port, prepare_images, render
 
 DOMAIN = "www.example.test"
 PEBBLE = "ghcr.io/letsencrypt/pebble"
 FILES = ("compose.yaml", "compose.tls.yaml", "compose.pebble.yaml")
+# A certificate is due RENEW_AFTER seconds after issuance: it lives the
+# renewal threshold plus that, long enough for scripts/cert-expiry's 14 days.
+RENEW_BEFORE_EXPIRY_DAYS = 30
+RENEW_AFTER = 60
+VALIDITY = RENEW_BEFORE_EXPIRY_DAYS * 86400 + RENEW_AFTER
+RENEW_INTERVAL = 10
 
 
 def pebble_overlay(project: Path) -> None:
@@ -91,6 +109,12 @@ def pebble_files(project: Path) -> None:
     settings = config["pebble"]
     settings["httpPort"] = 80
     settings["tlsPort"] = 443
+    # Certificate lifetime: Pebble before 2.7 reads certificateValidityPeriod,
+    # later ones only their profiles' validityPeriod. Each ignores the other's.
+    settings["certificateValidityPeriod"] = VALIDITY
+    profiles = settings.setdefault("profiles", {"default": {"description": "The default profile"}})
+    for profile in profiles.values():
+        profile["validityPeriod"] = VALIDITY
     for key in ("certificate", "privateKey"):
         settings[key] = "/" + settings[key].lstrip("/")
     (target / "config.json").write_text(json.dumps(config, indent=2))
@@ -140,9 +164,10 @@ class TLSStack:
             sock.close()
             raise
 
-    def serial(self) -> str:
+    def peer(self) -> dict:
+        """The certificate nginx serves now, as ssl decodes it."""
         with self.handshake() as connection:
-            return connection.getpeercert()["serialNumber"]
+            return connection.getpeercert()
 
     def https(self, path: str) -> tuple[int, http.client.HTTPMessage, str]:
         """GET over https from nginx on 127.0.0.1, verified against Pebble's root for DOMAIN."""
@@ -187,6 +212,9 @@ def tls(request, tmp_path_factory):
     stack = Stack(project, files=FILES)
     stack.env["HTTPS_PORT"] = str(free_port())
     stack.env["PEBBLE_MANAGEMENT_PORT"] = str(free_port())
+    # The project's own settings, as a user would put them in .env.
+    stack.env["CERTBOT_RENEW_INTERVAL"] = str(RENEW_INTERVAL)
+    stack.env["CERTBOT_RENEW_BEFORE_EXPIRY"] = f"{RENEW_BEFORE_EXPIRY_DAYS} days"
     failed_before = request.session.testsfailed
     try:
         stack.up("--build")
@@ -292,7 +320,10 @@ def test_the_app_sees_https(tls: TLSStack):
         )
         assert settings.stdout.split() == ["True", "True"]
     else:
-        code = "from my_app import create_app; c = create_app().config; print(c['SESSION_COOKIE_SECURE'], c['PREFERRED_URL_SCHEME'])"
+        code = (
+            "from my_app import create_app; c = create_app().config; "
+            "print(c['SESSION_COOKIE_SECURE'], c['PREFERRED_URL_SCHEME'])"
+        )
         settings = tls.stack.compose("exec", "-T", "app", "python", "-c", code)
         assert settings.stdout.split() == ["True", "https"]
 
@@ -317,9 +348,181 @@ def test_cert_expiry_reports_days_left(tls: TLSStack):
     assert warned.returncode == 1
 
 
-@pytest.mark.docker
-def test_renewal_is_served_after_a_reload_without_failed_requests(tls: TLSStack):
-    before = tls.serial()
+class RecordingConnection(urllib3.connection.HTTPSConnection):
+    """Keeps what its TLS handshake saw: the certificate's serial, and the local port."""
+
+    def connect(self) -> None:
+        super().connect()
+        self.seen = self.sock.getpeercert()["serialNumber"], self.sock.getsockname()[1]
+
+
+class PinnedAdapter(requests.adapters.HTTPAdapter):
+    """requests to 127.0.0.1 that ask for DOMAIN in TLS (SNI) and verify it."""
+
+    def init_poolmanager(self, *args, **kwargs):
+        super().init_poolmanager(*args, **kwargs, server_hostname=DOMAIN)
+        pool = type("RecordingPool", (urllib3.HTTPSConnectionPool,), {"ConnectionCls": RecordingConnection})
+        self.poolmanager.pool_classes_by_scheme = {"https": pool}
+
+
+def keep_alive(tls: TLSStack) -> Callable[[], tuple[str, int]]:
+    """One requests.Session: its connections are kept alive between requests."""
+    session = requests.Session()
+    session.trust_env = False  # or REQUESTS_CA_BUNDLE would replace Pebble's root
+    session.mount("https://", PinnedAdapter())
+    session.verify = str(tls.root)
+    url = f"https://127.0.0.1:{tls.https_port}/healthz"
+
+    def request() -> tuple[str, int]:
+        response = session.get(url, headers={"Host": DOMAIN}, timeout=10, stream=True)
+        seen = response.raw.connection.seen
+        # Read to the end, which returns the connection to the pool.
+        assert response.status_code == 200 and response.content, f"HTTP {response.status_code}"
+        return seen
+
+    return request
+
+
+def fresh_connections(tls: TLSStack) -> Callable[[], tuple[str, int]]:
+    """A new TCP and TLS connection for each request, HTTP/1.1."""
+    context = tls.context(alpn=("http/1.1",))
+
+    def request() -> tuple[str, int]:
+        connection = PinnedHTTPSConnection(DOMAIN, tls.https_port, context=context, timeout=10)
+        try:
+            connection.connect()
+            seen = connection.sock.getpeercert()["serialNumber"], connection.sock.getsockname()[1]
+            connection.request("GET", "/healthz")
+            response = connection.getresponse()
+            assert response.status == 200 and response.read(), f"HTTP {response.status}"
+            return seen
+        finally:
+            connection.close()
+
+    return request
+
+
+class GracefulGoaway(h2.connection.H2ConnectionStateMachine):
+    """h2 refuses every frame that follows a GOAWAY (python-hyper/h2#1181), so
+    httpx fails the streams nginx still answers when it reloads. RFC 9113 6.8
+    lets the streams the GOAWAY covers finish: their frames pass here."""
+
+    def process_input(self, input_):
+        if self.state is h2.connection.ConnectionState.CLOSED and input_.name.startswith("RECV_"):
+            return []
+        return super().process_input(input_)
+
+
+def http2(tls: TLSStack) -> Callable[[], tuple[str, int]]:
+    """HTTP/2 streams, one after the other on one connection, on the h2
+    protocol library (httpx's, with the fix above): a stream a graceful GOAWAY
+    covers is read to its end; one it does not, which the server never
+    touched, is retried on a new connection."""
+    context = tls.context(alpn=("h2",))
+    current: list = []  # the open socket and its h2 state, once connected
+
+    def connect() -> None:
+        sock = context.wrap_socket(
+            socket.create_connection(("127.0.0.1", tls.https_port), timeout=10), server_hostname=DOMAIN
+        )
+        assert sock.selected_alpn_protocol() == "h2", sock.selected_alpn_protocol()
+        connection = h2.connection.H2Connection(h2.config.H2Configuration(header_encoding="utf-8"))
+        connection.state_machine = GracefulGoaway()
+        connection.initiate_connection()
+        sock.sendall(connection.data_to_send())
+        current[:] = [sock, connection]
+
+    def exchange() -> str | None:
+        """The status of one GET, or None when a GOAWAY left it unprocessed."""
+        sock, connection = current
+        stream = connection.get_next_available_stream_id()
+        headers = [(":method", "GET"), (":scheme", "https"), (":authority", DOMAIN), (":path", "/healthz")]
+        connection.send_headers(stream, headers, end_stream=True)
+        sock.sendall(connection.data_to_send())
+        status, goaway = None, None
+        while True:
+            data = sock.recv(65536)
+            if not data:
+                raise ConnectionError("the server closed the connection before answering")
+            for event in connection.receive_data(data):
+                if isinstance(event, h2.events.ConnectionTerminated):
+                    goaway = event
+                    if event.error_code != 0:
+                        raise ConnectionError(f"GOAWAY {event}")
+                    if event.last_stream_id < stream:
+                        return None
+                elif isinstance(event, h2.events.DataReceived):
+                    connection.acknowledge_received_data(event.flow_controlled_length, event.stream_id)
+                elif getattr(event, "stream_id", None) != stream:
+                    continue
+                elif isinstance(event, h2.events.ResponseReceived):
+                    status = dict(event.headers)[":status"]
+                elif isinstance(event, h2.events.StreamReset):
+                    raise ConnectionError(f"stream reset: {event}")
+                elif isinstance(event, h2.events.StreamEnded):
+                    if goaway:  # the server finishes this connection: the next request opens one
+                        sock.close()
+                        current.clear()
+                    return status
+            if not goaway:
+                sock.sendall(connection.data_to_send())
+
+    def request() -> tuple[str, int]:
+        while True:
+            if not current:
+                connect()
+                request.connections += 1
+            sock = current[0]
+            seen = sock.getpeercert()["serialNumber"], sock.getsockname()[1]
+            try:
+                status = exchange()
+            except BaseException:
+                sock.close()
+                current.clear()
+                raise
+            if status is not None:
+                assert status == "200", f"HTTP {status}"
+                return seen
+            request.retries += 1
+            sock.close()
+            current.clear()
+
+    request.connections = request.retries = 0
+    return request
+
+
+class Client(threading.Thread):
+    """Requests until told to stop, with no cap; any exception is a failure."""
+
+    def __init__(self, kind: str, request: Callable[[], tuple[str, int]], stop: threading.Event):
+        super().__init__(name=kind, daemon=True)
+        self.kind, self.request, self.stop = kind, request, stop
+        self.answers: list[tuple[str, int]] = []  # (certificate serial, local port) of each answer
+        self.failures: list[str] = []
+        self.worst = 0.0
+
+    def run(self) -> None:
+        while not self.stop.is_set():
+            started = time.monotonic()
+            try:
+                self.answers.append(self.request())
+            except Exception as error:  # noqa: BLE001 - every failure counts, whatever it is
+                self.failures.append(f"{type(error).__name__}: {error}")
+            self.worst = max(self.worst, time.monotonic() - started)
+
+    def on(self, serial: str) -> int:
+        return sum(1 for answer in self.answers if answer[0] == serial)
+
+
+def wait_until(condition: Callable[[], bool], timeout: float, what: str, tls: TLSStack) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, f"{what} within {timeout:.0f}s\n{tls.stack.logs()}"
+        time.sleep(0.25)
+
+
+def nginx_state(tls: TLSStack) -> tuple[str, int]:
+    """When the nginx container started, and how many reloads its watcher logged."""
     nginx_id = tls.stack.compose("ps", "-q", "nginx").stdout.strip()
     started_at = subprocess.run(
         ["docker", "inspect", "--format", "{{.State.StartedAt}}", nginx_id],
@@ -327,56 +530,79 @@ def test_renewal_is_served_after_a_reload_without_failed_requests(tls: TLSStack)
         capture_output=True,
         text=True,
     ).stdout
-    results: list[object] = []
+    logs = tls.stack.compose("logs", "--no-color", "nginx").stdout
+    return started_at, logs.count("the certificate changed: reloading nginx")
+
+
+CLIENTS = {"keep-alive": keep_alive, "fresh TLS": fresh_connections, "HTTP/2": http2}
+PER_KIND = 2
+MIN_EACH_SIDE = 20  # answers per client on the old certificate, and on the new one
+MIN_PER_KIND = 100
+WORST_LATENCY = 5.0  # seconds
+
+
+@pytest.mark.docker
+def test_the_renewal_loop_renews_and_nginx_reloads_under_load(tls: TLSStack):
+    renewal = tls.stack.compose("exec", "-T", "certbot", "cat", f"/etc/letsencrypt/renewal/{DOMAIN}.conf")
+    assert f"renew_before_expiry = {RENEW_BEFORE_EXPIRY_DAYS} days" in renewal.stdout.splitlines()
+    started_at, reloads = nginx_state(tls)
     stop = threading.Event()
-
-    def requests_loop() -> None:
-        # A bounded loop of fresh https connections to 127.0.0.1 only.
-        deadline = time.monotonic() + 180
-        while not stop.is_set() and time.monotonic() < deadline:
-            try:
-                results.append(tls.https("/healthz")[0])
-            except Exception as error:  # noqa: BLE001 - every failure counts, whatever it is
-                results.append(error)
-
-    worker = threading.Thread(target=requests_loop)
-    worker.start()
+    clients = [Client(kind, make(tls), stop) for kind, make in CLIENTS.items() for _ in range(PER_KIND)]
+    for client in clients:
+        client.start()
     try:
-        renew = tls.stack.compose(
-            "exec",
-            "-T",
-            "certbot",
-            "certbot",
-            "renew",
-            "--force-renewal",
-            "--no-random-sleep-on-renew",
-            check=False,
+        wait_until(
+            lambda: all(len(client.answers) >= MIN_EACH_SIDE or client.failures for client in clients),
+            30,
+            "the clients got no answers",
+            tls,
         )
-        assert renew.returncode == 0, renew.stdout + renew.stderr
-        deadline = time.monotonic() + 60
-        while (after := tls.serial()) == before:
-            assert time.monotonic() < deadline, f"nginx still serves the old certificate\n{tls.stack.logs()}"
-            time.sleep(0.5)
-        served_at = len(results)
-        time.sleep(2)  # and requests keep succeeding after the reload
+        before = tls.peer()
+        # Nothing but the certbot service's loop renews; it is due RENEW_AFTER
+        # seconds after issuance and looks every RENEW_INTERVAL seconds.
+        wait_until(
+            lambda: tls.peer()["serialNumber"] != before["serialNumber"],
+            RENEW_AFTER + RENEW_INTERVAL + 90,
+            "nginx still serves the certificate it had before",
+            tls,
+        )
+        after = tls.peer()
+        wait_until(
+            lambda: all(
+                client.on(after["serialNumber"]) >= MIN_EACH_SIDE or client.failures for client in clients
+            ),
+            30,
+            "the clients did not move to the new certificate",
+            tls,
+        )
     finally:
         stop.set()
-        worker.join()
-    assert after != before
-    failures = [result for result in results if result != 200]
-    assert not failures, f"{len(failures)} of {len(results)} requests failed: {failures[:5]}"
-    assert served_at > 10 and len(results) > served_at, "too few requests to tell"
-    # Reloaded, not restarted: the same nginx container, started once.
-    assert (
-        subprocess.run(
-            ["docker", "inspect", "--format", "{{.State.StartedAt}}", nginx_id],
-            check=True,
-            capture_output=True,
-            text=True,
-        ).stdout
-        == started_at
-    )
-    assert "the certificate changed: reloading nginx" in tls.stack.compose("logs", "nginx").stdout
+        for client in clients:
+            client.join(timeout=30)
+    print(f"\nrenewal under load: certificate {before['serialNumber']} -> {after['serialNumber']}")
+    for kind in CLIENTS:
+        ours = [client for client in clients if client.kind == kind]
+        answers = [answer for client in ours for answer in client.answers]
+        connections = len({(id(client), port) for client in ours for _, port in client.answers})
+        failures = sum(len(client.failures) for client in ours)
+        worst = max(client.worst for client in ours)
+        retries = sum(getattr(client.request, "retries", 0) for client in ours)
+        print(f"  {kind}: {len(answers)} requests on {connections} connections, {failures} failures,", end="")
+        print(f" worst latency {worst:.3f}s" + (f", {retries} retried after a GOAWAY" if retries else ""))
+    failures = [f"{client.kind}: {failure}" for client in clients for failure in client.failures]
+    assert not failures, f"{len(failures)} requests failed: {failures[:10]}"
+    for client in clients:
+        assert len(client.answers) - client.on(after["serialNumber"]) >= MIN_EACH_SIDE, client.kind
+        assert client.on(after["serialNumber"]) >= MIN_EACH_SIDE, client.kind
+        assert client.worst < WORST_LATENCY, f"{client.kind}: a request took {client.worst:.1f}s"
+    for kind in CLIENTS:
+        assert sum(len(client.answers) for client in clients if client.kind == kind) >= MIN_PER_KIND, kind
+    assert ssl.cert_time_to_seconds(after["notBefore"]) > ssl.cert_time_to_seconds(before["notBefore"])
+    # Reloaded, not restarted: the same nginx container, started once, whose
+    # watcher logged one more reload.
+    started_now, reloads_now = nginx_state(tls)
+    assert started_now == started_at
+    assert reloads_now > reloads
 
 
 @pytest.mark.parametrize("framework", FRAMEWORKS)
@@ -401,3 +627,9 @@ def test_tls_mode_renders_a_valid_compose_config(tmp_path, framework):
     assert sorted(port["target"] for port in services["nginx"]["ports"]) == [80, 443]
     assert services["nginx"]["depends_on"]["certbot"]["condition"] == "service_healthy"
     assert "web" not in services["certbot"].get("networks", {}), "only nginx may reach the app"
+    # Production renewal as before the settings existed: twice a day, when certbot says.
+    assert services["certbot"]["environment"]["CERTBOT_RENEW_INTERVAL"] == "43200"
+    assert services["certbot"]["environment"]["CERTBOT_RENEW_BEFORE_EXPIRY"] == ""
+    used = set(re.findall(r"\$\{([A-Z_]+)", (project / "compose.tls.yaml").read_text()))
+    documented = set(re.findall(r"^#?\s?([A-Z_]+)=", (project / ".env.example").read_text(), re.MULTILINE))
+    assert used - documented == set(), "compose.tls.yaml reads variables .env.example does not document"
