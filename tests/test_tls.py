@@ -471,7 +471,6 @@ def http2(tls: TLSStack) -> Callable[[], tuple[str, int]]:
         while True:
             if not current:
                 connect()
-                request.connections += 1
             sock = current[0]
             seen = sock.getpeercert()["serialNumber"], sock.getsockname()[1]
             try:
@@ -487,7 +486,7 @@ def http2(tls: TLSStack) -> Callable[[], tuple[str, int]]:
             sock.close()
             current.clear()
 
-    request.connections = request.retries = 0
+    request.retries = 0
     return request
 
 

@@ -23,14 +23,14 @@ set -eu
 interval="${CERTBOT_RENEW_INTERVAL:-43200}"
 renew_before_expiry="${CERTBOT_RENEW_BEFORE_EXPIRY:-}"
 case "$interval" in
-    "" | *[!0-9]*) interval=0 ;;
+    *[!0-9]*) interval=0 ;;
 esac
 if [ "$interval" -eq 0 ]; then
     echo "CERTBOT_RENEW_INTERVAL=$CERTBOT_RENEW_INTERVAL is not a positive number of seconds: set it to 43200 (twice a day) or unset it." >&2
     exit 1
 fi
-# certbot reads any text it cannot parse as "now", which would never renew:
-# only a plain duration gets through.
+# certbot reads text it cannot parse as "now", and would renew only once the
+# certificate expired: only a plain duration gets through.
 if [ -n "$renew_before_expiry" ] && ! printf '%s\n' "$renew_before_expiry" \
     | grep -Eqx '[0-9]+ (second|minute|hour|day|week)s?( [0-9]+ (second|minute|hour|day|week)s?)*'; then
     echo "CERTBOT_RENEW_BEFORE_EXPIRY=$renew_before_expiry is not a duration such as \"30 days\" or \"12 hours\": fix it or unset it." >&2
