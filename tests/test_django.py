@@ -23,7 +23,8 @@ def stack(request, tmp_path_factory):
     with booted(project, request) as stack:
         # The README's one-liner, made non-interactive with DJANGO_SUPERUSER_*.
         env = [f"--env=DJANGO_SUPERUSER_{key.upper()}={value}" for key, value in ADMIN.items()]
-        stack.compose("run", "--rm", "--no-deps", *env, "app", "python", "manage.py", "createsuperuser", "--noinput")
+        createsuperuser = ["python", "manage.py", "createsuperuser", "--noinput"]
+        stack.compose("run", "--rm", "--no-deps", *env, "app", *createsuperuser)
         yield stack
 
 
@@ -42,9 +43,12 @@ def test_admin_css_is_served_by_nginx_not_the_app(stack: Stack):
     assert css.status_code == 200
     assert css.headers["Content-Type"].startswith("text/css")
     assert "immutable" in css.headers["Cache-Control"]
-    on_disk = stack.compose("exec", "-T", "nginx", "cat", "/usr/share/nginx/static/" + match.group(1).removeprefix("/static/"))
+    on_disk_path = "/usr/share/nginx/static/" + match.group(1).removeprefix("/static/")
+    on_disk = stack.compose("exec", "-T", "nginx", "cat", on_disk_path)
     assert css.content == on_disk.stdout.encode()
-    assert match.group(1) not in stack.compose("logs", "--no-color", "app").stdout, "the app served a static file"
+    assert match.group(1) not in stack.compose("logs", "--no-color", "app").stdout, (
+        "the app served a static file"
+    )
 
 
 def test_admin_login_through_nginx(stack: Stack):
@@ -79,25 +83,24 @@ def test_csrf_post_over_forwarded_https(stack: Stack, proto: str, expected: str)
     login = curl_from_nginx(stack, "-i", *host, "http://app:8000/admin/login/")
     cookie = re.search(r"^set-cookie: (csrftoken=[^;]+)", login, re.IGNORECASE | re.MULTILINE)
     assert cookie, login[:2000]
+    browser = ["-H", "Origin: https://localhost:8443", "-H", f"Cookie: {cookie.group(1)}"]
+    form = {
+        "username": ADMIN["username"],
+        "password": ADMIN["password"],
+        "csrfmiddlewaretoken": csrf_token(login),
+    }
+    data = [arg for name, value in form.items() for arg in ("--data-urlencode", f"{name}={value}")]
+    status = ["-o", "/dev/null", "-w", "%{http_code} %{redirect_url}"]
     result = curl_from_nginx(
-        stack, *host,
-        "-H", "Origin: https://localhost:8443",
-        "-H", f"Cookie: {cookie.group(1)}",
-        "--data-urlencode", f"username={ADMIN['username']}",
-        "--data-urlencode", f"password={ADMIN['password']}",
-        "--data-urlencode", f"csrfmiddlewaretoken={csrf_token(login)}",
-        "-o", "/dev/null", "-w", "%{http_code} %{redirect_url}",
-        "http://app:8000/admin/login/?next=/admin/",
+        stack, *host, *browser, *data, *status, "http://app:8000/admin/login/?next=/admin/"
     )
     assert result.split()[0] == expected, result
 
 
 @pytest.mark.parametrize("https_enabled", ["false", "true"])
 def test_deploy_checks_pass_in_the_built_image(stack: Stack, https_enabled: str):
-    result = stack.compose(
-        "run", "--rm", "--no-deps", f"--env=HTTPS_ENABLED={https_enabled}",
-        "app", "python", "manage.py", "check", "--deploy", "--fail-level", "WARNING",
-        check=False,
-    )
+    run = ["run", "--rm", "--no-deps", f"--env=HTTPS_ENABLED={https_enabled}", "app"]
+    deploy_check = ["python", "manage.py", "check", "--deploy", "--fail-level", "WARNING"]
+    result = stack.compose(*run, *deploy_check, check=False)
     assert result.returncode == 0, result.stdout + result.stderr
     assert "no issues" in result.stdout

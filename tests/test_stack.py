@@ -67,8 +67,11 @@ def test_stylesheet_is_served_by_nginx_not_the_app(stack: Stack):
     response = stack.get(url)
     assert response.status_code == 200
     assert response.headers["Content-Type"].startswith("text/css")
-    assert "max-age=31536000" in response.headers["Cache-Control"], "versioned assets get a long cache lifetime"
-    on_disk = stack.compose("exec", "-T", "nginx", "cat", "/usr/share/nginx/static/" + path.removeprefix("/static/"))
+    assert "max-age=31536000" in response.headers["Cache-Control"], (
+        "versioned assets get a long cache lifetime"
+    )
+    on_disk_path = "/usr/share/nginx/static/" + path.removeprefix("/static/")
+    on_disk = stack.compose("exec", "-T", "nginx", "cat", on_disk_path)
     assert response.content == on_disk.stdout.encode()
     assert path not in stack.compose("logs", "--no-color", "app").stdout, "the app served a static file"
 
@@ -95,13 +98,18 @@ def test_unknown_host_is_refused(stack: Stack):
 
 def test_client_forged_forwarded_headers_are_replaced(stack: Stack):
     probe = uuid.uuid4().hex
-    response = stack.get(
-        f"/?probe={probe}",
-        headers={"X-Forwarded-For": "6.6.6.6", "X-Forwarded-Proto": "https", "X-Forwarded-Host": "evil.example"},
-    )
+    forged = {
+        "X-Forwarded-For": "6.6.6.6",
+        "X-Forwarded-Proto": "https",
+        "X-Forwarded-Host": "evil.example",
+        "X-Forwarded-Port": "6666",
+    }
+    response = stack.get(f"/?probe={probe}", headers=forged)
     assert response.status_code == 200
-    # nginx replaced the client's X-Forwarded-Proto and -Host with its own.
+    # nginx replaced the client's X-Forwarded-Proto, -Host and -Port with its
+    # own: the app builds its URLs with the scheme and port the client used.
     assert canonical(response.text) == f"http://localhost:{stack.http_port}/"
+    assert stack.http_port != 6666
     # Gunicorn logs the X-Forwarded-For it received first on each access line.
     lines = [line for line in stack.compose("logs", "--no-color", "app").stdout.splitlines() if probe in line]
     assert lines, "the probe request is not in the app's access log"
@@ -112,15 +120,15 @@ def test_client_forged_forwarded_headers_are_replaced(stack: Stack):
 def test_forwarded_https_from_the_trusted_hop_builds_https_urls(stack: Stack):
     # nginx is the trusted hop: a request from its container with
     # X-Forwarded-Proto: https is what the TLS-terminating proxy sends.
-    result = stack.compose(
-        "exec", "-T", "nginx", "curl", "-fsS",
-        "-H", "Host: example.com",
-        "-H", "X-Forwarded-Proto: https",
-        "-H", "X-Forwarded-Host: example.com",
-        "-H", "X-Forwarded-Port: 443",
-        "-H", "X-Forwarded-For: 203.0.113.9",
-        "http://app:8000/",
-    )
+    headers = {
+        "Host": "example.com",
+        "X-Forwarded-Proto": "https",
+        "X-Forwarded-Host": "example.com",
+        "X-Forwarded-Port": "443",
+        "X-Forwarded-For": "203.0.113.9",
+    }
+    curl = ["curl", "-fsS", *[arg for name, value in headers.items() for arg in ("-H", f"{name}: {value}")]]
+    result = stack.compose("exec", "-T", "nginx", *curl, "http://app:8000/")
     assert canonical(result.stdout) == "https://example.com/"
 
 
