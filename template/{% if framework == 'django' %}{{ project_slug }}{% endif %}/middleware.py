@@ -33,9 +33,10 @@ class HealthCheckMiddleware:
 class ForwardedForMiddleware:
     """Sets REMOTE_ADDR to the client's address, from X-Forwarded-For.
 
-    The peer is always nginx, which sets X-Forwarded-For to the address the
-    request came from; each proxy in front of it appends one more. Only the
-    last TRUSTED_PROXY_HOPS entries are trusted, so a client cannot forge its
+    The peer is always nginx. As the edge (TRUSTED_PROXY_HOPS=1) it sets
+    X-Forwarded-For to the address the request came from; behind a proxy of
+    yours it appends that address to the proxy's header. Only the last
+    TRUSTED_PROXY_HOPS entries are trusted, so a client cannot forge its
     address by sending the header itself.
     """
 
