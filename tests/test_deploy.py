@@ -423,8 +423,11 @@ def test_restore_gives_back_the_backed_up_rows(vps, project, scenario):
     scenario.done.append("restore")
 
 
-def test_a_truncated_dump_leaves_the_data_unchanged(vps, project, scenario, tmp_path):
-    """Starts from the restored rows, relB serving."""
+def test_a_truncated_dump_is_refused_before_anything_changes(vps, project, scenario, tmp_path):
+    """Starts from the restored rows, relB serving. The server reads the
+    uploaded dump whole before its safety dump and the restore: a truncated
+    one changes no row, takes no safety dump, and leaves no file behind that
+    would count as a backup."""
     scenario.starts_after("restore")
     _, slug = project
     psql(vps, project, "UPDATE deploy_rows SET payload = 'after the backup' WHERE id <= 10;")
@@ -432,17 +435,17 @@ def test_a_truncated_dump_leaves_the_data_unchanged(vps, project, scenario, tmp_
     dump = scenario.dump.read_bytes()
     truncated = tmp_path / scenario.dump.name
     truncated.write_bytes(dump[: len(dump) // 2])
-    listing = f"ls /srv/{slug}/backups"
+    listing = f"find /srv/{slug}/backups -type f"
     backups = set(vps.ssh("deploy", listing).stdout.split())
 
     result = script(vps, project, "restore", "--yes", "vps", str(truncated), check=False)
     assert result.returncode != 0
-    assert "the database is unchanged" in reason(result), result.stderr
+    assert reason(result).endswith(
+        f"{truncated.name} is not a whole pg_dump custom-format archive (truncated or another format):"
+        " nothing changed"
+    ), result.stderr
     assert psql(vps, project, TABLE_DIGEST) == before
-    new = set(vps.ssh("deploy", listing).stdout.split()) - backups
-    safety = [name for name in new if name.endswith("-pre-restore.dump")]
-    assert len(safety) == 1, "no safety dump kept"
-    assert vps.ssh("deploy", f"head -c 5 /srv/{slug}/backups/{safety[0]}").stdout == "PGDMP"
+    assert set(vps.ssh("deploy", listing).stdout.split()) == backups, "no safety dump, no upload left"
     assert site_release(vps) == scenario.rel_b
 
 

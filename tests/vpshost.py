@@ -191,8 +191,7 @@ def site_release(vps: Vps) -> str:
 
 
 def stylesheet(vps: Vps) -> tuple[str, bytes]:
-    """The stylesheet URL the home page names (Flask: ?v=<hash>, Django: a
-    hashed file name), and what it answers now."""
+    """The stylesheet URL the home page names (a content-hashed file name), and what it answers now."""
     base = f"http://127.0.0.1:{vps.port(80)}"
     page = requests.get(f"{base}/", headers=SITE_HEADERS, timeout=10)
     page.raise_for_status()
