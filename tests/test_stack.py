@@ -132,6 +132,34 @@ def test_forwarded_https_from_the_trusted_hop_builds_https_urls(stack: Stack):
     assert canonical(result.stdout) == "https://example.com/"
 
 
+def test_a_forged_port_in_the_host_header_is_not_believed(stack: Stack):
+    # nginx tells the app the port it really published, whatever port the
+    # client wrote after the host name.
+    response = stack.get("/", headers={"Host": "localhost:6666"})
+    assert response.status_code == 200
+    assert canonical(response.text) == f"http://localhost:{stack.http_port}/"
+
+
+def test_dotfiles_and_leftovers_under_static_are_refused(stack: Stack):
+    # Written beside the published static files, by the image that publishes
+    # them: nginx must refuse the names, not merely lack the files.
+    refused = [".env.bak", ".hidden", "css/site.css~", "x.orig", ".git/config", "notes.txt.swp"]
+    write = (
+        "import pathlib, sys\n"
+        "for name in sys.argv[1:]:\n"
+        "    path = pathlib.Path('/srv/static', name)\n"
+        "    path.parent.mkdir(parents=True, exist_ok=True)\n"
+        "    path.write_text('SECRET_KEY=leaked\\n')\n"
+    )
+    probe = f"probe-{uuid.uuid4().hex}.txt"
+    stack.compose("run", "--rm", "--no-deps", "migrate", "python", "-c", write, probe, *refused)
+    assert stack.get(f"/static/{probe}").text == "SECRET_KEY=leaked\n", "the written files are not served"
+    for name in refused:
+        response = stack.get(f"/static/{name}")
+        assert response.status_code == 404, f"/static/{name} answered {response.status_code}"
+        assert "leaked" not in response.text
+
+
 def test_image_runs_as_non_root_with_a_healthcheck(stack: Stack):
     client = docker.from_env()
     app = client.containers.get(stack.compose("ps", "-q", "app").stdout.strip())
