@@ -117,8 +117,10 @@ def test_every_production_service_is_hardened(project):
     assert services["app"]["tmpfs"] == services["migrate"]["tmpfs"]
     nginx_writes = {mount.split(":")[0] for mount in services["nginx"]["tmpfs"]}
     assert nginx_writes == {"/etc/nginx/conf.d", "/etc/nginx/site.d", "/var/cache/nginx", "/run"}
-    temp_paths = (project / "nginx/templates/temp-paths.conf.template").read_text()
-    for directive in re.findall(r"^(\w+_temp_path)\s+(\S+);", temp_paths, re.MULTILINE):
+    main_conf = (project / "nginx/nginx.conf").read_text()
+    temp_paths = re.findall(r"^\s*(\w+_temp_path)\s+(\S+);", main_conf, re.MULTILINE)
+    assert len(temp_paths) == 5, "every temporary path is named, onto the tmpfs"
+    for directive in temp_paths:
         assert directive[1].startswith("/var/cache/nginx/"), directive
 
 
