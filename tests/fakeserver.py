@@ -49,6 +49,8 @@ class Server:
         shutil.copytree(SCRIPTS / "server", self.app_dir / "scripts" / "server")
         shutil.copy2(SCRIPTS / "server.sh", self.app_dir / "scripts" / "server.sh")
         (self.app_dir / ".env").write_text("SECRET_KEY=x\nHTTP_PORT=80\n")
+        # What a deploy ships (the fake docker never reads it).
+        (self.app_dir / "compose.yaml").write_text("services: {}\n")
         # nginx re-resolves at once: the switch waits only its 2 s margin.
         templates = self.app_dir / "nginx" / "templates"
         templates.mkdir(parents=True)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import io
 import os
+import re
 import subprocess
 import tarfile
 from pathlib import Path
@@ -29,6 +30,17 @@ FAKE_SSH = r"""#!/usr/bin/env bash
 printf '%s\n' "$*" >>"$FAKE_LOG/argv"
 command=${*: -1}
 printf '%s\n' "$command" >>"$FAKE_LOG/commands"
+case " $* " in
+    *" -G "*) [ -z "${FAKE_SSH_USER:-}" ] || echo "user $FAKE_SSH_USER" ;;
+esac
+case " $* " in
+    *" -N "*)
+        if [ -n "${FAKE_SSH_DENY:-}" ]; then
+            echo "${*: -1}: Permission denied (publickey,password)." >&2
+            exit 255
+        fi
+        ;;
+esac
 case " $* " in
     *" -n "* | *" -N "* | *" -O "* | *" -G "*) ;;
     *) cat >>"$FAKE_LOG/stdin" ;;
@@ -124,7 +136,9 @@ def test_help_prints_the_usage_and_exits_0(fake, script):
 
 @pytest.mark.parametrize("script", SCRIPTS)
 def test_without_a_host_each_script_says_so_in_one_line(fake, script):
-    assert error_line(fake.run(script)) == f"{script}: name the server (see --help)"
+    result = fake.run(script)
+    assert error_line(result) == f"{script}: name the server (see --help)"
+    assert result.returncode == 2, "a command line that cannot work"
     assert fake.lines("argv") == []
 
 
@@ -147,7 +161,9 @@ def test_without_a_host_each_script_says_so_in_one_line(fake, script):
     ],
 )
 def test_a_bad_command_line_is_refused_in_one_line_before_any_ssh(fake, script, args, message):
-    assert error_line(fake.run(script, *args)) == f"{script}: {message}"
+    result = fake.run(script, *args)
+    assert error_line(result) == f"{script}: {message}"
+    assert result.returncode == 2, "a command line that cannot work"
     assert fake.lines("argv") == []
 
 
@@ -251,3 +267,66 @@ def test_restore_refuses_a_local_file_that_is_no_dump_before_any_ssh(fake, tmp_p
         == f"restore: {dump} is not a pg_dump custom-format file (scripts/backup makes them): nothing changed"
     )
     assert fake.lines("argv") == []
+
+
+def control_master_target(fake: Fake) -> str:
+    [master] = [line for line in fake.lines("argv") if "ControlMaster=yes" in line]
+    return master.split()[-1]
+
+
+def test_an_ssh_config_that_logs_in_as_root_does_not_make_deploys_run_as_root(fake, tmp_path):
+    # On a laptop the local user is not root: ssh -G's "user root" then
+    # comes from the SSH config.
+    local = tmp_path / "local"
+    local.mkdir()
+    (local / "id").write_text('#!/bin/sh\n[ "$1" = -un ] && echo alice || exec /usr/bin/id "$@"\n')
+    (local / "id").chmod(0o755)
+    result = fake.run("status", "host", FAKE_SSH_USER="root", PATH=f"{local}{os.pathsep}{fake.env['PATH']}")
+    assert result.returncode == 0, result.stderr
+    assert control_master_target(fake) == "deploy@host"
+    assert (
+        "your SSH config logs in to host as root; using deploy (DEPLOY_USER=root to override)"
+        in result.stderr
+    )
+
+
+def test_a_refused_login_points_to_provision(fake):
+    message = error_line(fake.run("deploy", "host", "rel1", FAKE_SSH_DENY="1"))
+    assert message.startswith("deploy: cannot connect to deploy@host over SSH: ")
+    assert message.endswith(
+        "Permission denied (publickey,password).; a new server needs scripts/provision root@host first"
+    )
+
+
+def test_update_template_outside_git_fails_clearly(project):
+    result = subprocess.run(
+        [str(project / "scripts" / "update-template")],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+    assert result.returncode == 2
+    assert result.stderr.startswith("update-template: not a git repository: copier update needs one"), (
+        result.stderr
+    )
+    assert "already at the newest" not in result.stdout
+
+
+# Bash 4 and later only: the laptop scripts keep to macOS's bash 3.2.
+BASH_4_ONLY = re.compile(
+    r"\b(mapfile|readarray|coproc)\b|declare -[aAgilnrux]*[An]|local -[An]|\$\{\w+(,,|\^\^|@[QEPAa])|;;&|\|&"
+)
+
+
+def test_the_laptop_scripts_keep_to_bash_3_2(project):
+    laptop = [path for path in (project / "scripts").iterdir() if path.is_file() and path.name != "server.sh"]
+    assert len(laptop) >= 9
+    found = [
+        f"{path.name}:{number}: {line.strip()}"
+        for path in laptop
+        for number, line in enumerate(path.read_text().splitlines(), 1)
+        if not line.lstrip().startswith("#") and BASH_4_ONLY.search(line)
+    ]
+    assert found == []
+    assert BASH_4_ONLY.search("mapfile -t lines < file") and BASH_4_ONLY.search('echo "${name,,}"')

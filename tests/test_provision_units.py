@@ -181,7 +181,7 @@ def test_provision_ships_ci_keys_apart_and_names_them_on_the_server(project, tmp
 def test_provision_refuses_a_private_key_as_ci_key(project, tmp_path):
     private = keyfile(tmp_path, "deploy_key", "-----BEGIN OPENSSH PRIVATE KEY-----", "b3BlbnNzaC1rZXk=")
     result, log = provision(project, tmp_path, "root@host", "--ci-key", str(private))
-    assert result.returncode == 1
+    assert result.returncode == 2, "a command line that cannot work"
     assert result.stderr == f"provision: {private} is not an SSH public key\n"
     assert not (log / "commands").exists(), "refused before connecting"
 

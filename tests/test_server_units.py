@@ -58,6 +58,7 @@ def test_deploy_and_rollback_options_are_checked(server):
 
 
 def test_a_held_deploy_lock_refuses_a_second_deploy(server):
+    server.releases_log(("deploy", "relA"), ("deploy", "relB"))
     server.rules = [(r"^image inspect", "[]", 0)]
     with open(server.app_dir / ".deploy.lock", "w") as held:
         fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -297,3 +298,31 @@ def test_a_dump_already_on_the_server_stays_after_a_refused_restore(server):
     (server.app_dir / "backups" / "shop-20260101T000000Z.dump").write_text("PGDMP old\n")
     one_line(restore_with(server, "shop-20260101T000000Z.dump", check=1, restore=0))
     assert dumps(server) == ["shop-20260101T000000Z.dump"]
+
+
+def test_command_line_mistakes_exit_2_and_other_failures_1(server):
+    for args in (
+        ("deploy", "relA", "--keep", "0"),
+        ("rollback", "--bogus"),
+        ("deploy", "bad id"),
+        ("bogus",),
+    ):
+        result = server.run(*args)
+        assert result.returncode == 2, (args, result.stderr)
+    server.releases_log(("deploy", "A"))
+    assert server.run("rollback").returncode == 1
+
+
+def test_rolling_back_to_a_release_never_deployed_says_so(server):
+    server.releases_log(("deploy", "A"), ("deploy", "B"))
+    server.rules = [(r"^image inspect", "", 1)]
+    assert one_line(server.run("rollback", "deadbeef")) == (
+        "rollback: deadbeef was never deployed here (scripts/status shows the releases that were)"
+    )
+    assert "is no longer on the server" in one_line(server.run("rollback", "A"))
+
+
+def test_status_before_the_first_deploy_says_what_to_do(server):
+    (server.app_dir / "compose.yaml").unlink()
+    assert one_line(server.run("status")) == "status: nothing deployed on this server yet: run scripts/deploy"
+    assert server.calls() == []

@@ -69,7 +69,7 @@ main() {
             compose "$@"
             ;;
         help | -h | --help) usage ;;
-        *) die "unknown command $COMMAND (see server.sh --help)" ;;
+        *) usage_error "unknown command $COMMAND (see server.sh --help)" ;;
     esac
 }
 

@@ -10,6 +10,11 @@ die() {
     printf '%s: %s\n' "${COMMAND:-server.sh}" "$*" >&2
     exit 1
 }
+# A command line that cannot work: exit status 2, as for any Unix command.
+usage_error() {
+    printf '%s: %s\n' "${COMMAND:-server.sh}" "$*" >&2
+    exit 2
+}
 indent() { sed -u 's/^/    /'; }
 # The ERR trap's one-line reason: unexpected STATUS FILE:LINE COMMAND.
 unexpected() { die "failed (exit status $1) at $2: $3"; }

@@ -20,7 +20,7 @@ parse_release_options() {
     while [ $# -gt 0 ]; do
         case $1 in
             --source | --keep | --health-timeout)
-                [ $# -ge 2 ] || die "$1 needs a value"
+                [ $# -ge 2 ] || usage_error "$1 needs a value"
                 case $1 in
                     --source) source=$2 ;;
                     --keep) keep=$2 ;;
@@ -29,23 +29,23 @@ parse_release_options() {
                 shift
                 ;;
             -h | --help) usage_deploy && exit 0 ;;
-            -*) die "unknown option $1" ;;
+            -*) usage_error "unknown option $1" ;;
             *)
-                [ -z "$release" ] || die "one RELEASE only"
+                [ -z "$release" ] || usage_error "one RELEASE only"
                 release=$1
                 ;;
         esac
         shift
     done
-    positive "$keep" || die "--keep needs a number of releases, at least 1"
-    positive "$timeout" || die "--health-timeout needs a number of seconds"
+    positive "$keep" || usage_error "--keep needs a number of releases, at least 1"
+    positive "$timeout" || usage_error "--health-timeout needs a number of seconds"
 }
 
 cmd_deploy() {
     local release="" source=uploaded keep=${KEEP_RELEASES:-5} timeout=180
     parse_release_options "$@"
     project_dir
-    valid_release "$release" || die "not a release id: '$release'"
+    valid_release "$release" || usage_error "not a release id: '$release'"
     lock
     require_image "$release" "image $PROJECT:$release is not on this server"
     go_live deploy "$release" "$source" "$timeout" "$keep"
@@ -60,8 +60,10 @@ cmd_rollback() {
         release=$(previous_release "$current")
         [ -n "$release" ] || die "no earlier release in $APP_DIR/releases.log to roll back to"
     fi
-    valid_release "$release" || die "not a release id: '$release'"
+    valid_release "$release" || usage_error "not a release id: '$release'"
     [ "$release" != "$current" ] || die "$release is already the current release"
+    recent_releases | grep -qxF -- "$release" ||
+        die "$release was never deployed here (scripts/status shows the releases that were)"
     lock
     require_image "$release" \
         "the image of $release is no longer on the server (deploy keeps the last few only); deploy it again instead"

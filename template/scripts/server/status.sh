@@ -12,6 +12,7 @@ cmd_releases() {
 # Prints one line per fact; fails with every problem found, on one line.
 cmd_status() {
     project_dir
+    [ -f compose.yaml ] || die "nothing deployed on this server yet: run scripts/deploy"
     local current problems=() service line
     current=$(current_release)
     say "project   $PROJECT in $APP_DIR"
