@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import io
 import os
+import re
 import shlex
 import subprocess
 import tarfile
@@ -256,3 +257,30 @@ def test_a_restricted_key_runs_what_deploys_run_and_forwards_nothing(tmp_path):
         assert authorize("restrict") == "0"
     finally:
         sh("docker", "rm", "--force", name)
+
+
+# --- the server's .env ---------------------------------------------------------
+
+# Only root gives files away: the shim installs them as the user running the test.
+AS_ANYONE = (
+    "install() { local args=(); while [ $# -gt 0 ]; do case $1 in -o | -g) shift 2 ;; "
+    '*) args+=("$1") && shift ;; esac; done; command install "${args[@]}"; }; chown() { :; }; CHANGES=0; '
+)
+
+
+def test_provision_generates_every_secret_compose_yaml_requires(server, tmp_path):
+    app_dir = tmp_path / "shop"
+    result = server.call(AS_ANYONE + f'provision_app_dir shop example.com "$(id -un)" {app_dir} ""')
+    assert result.returncode == 0, result.stderr
+    assert "changed  " + str(app_dir / ".env") + " generated, with new secrets" in result.stdout
+    env = dict(line.split("=", 1) for line in (app_dir / ".env").read_text().splitlines() if "=" in line)
+    assert env["POSTGRES_USER"] == env["POSTGRES_DB"] == "shop"
+    assert env["APP_DB_USER"] == "shop_app"
+    for secret in ("SECRET_KEY", "POSTGRES_PASSWORD", "APP_DB_PASSWORD"):
+        assert len(env[secret]) >= 40 and int(env[secret], 16), secret
+    assert env["APP_DB_PASSWORD"] != env["POSTGRES_PASSWORD"]
+    # Every variable compose.yaml refuses to run without is in the generated .env.
+    compose = (render(tmp_path / "project") / "compose.yaml").read_text()
+    required = set(re.findall(r"\$\{(\w+):\?", compose))
+    assert {"SECRET_KEY", "POSTGRES_PASSWORD", "APP_DB_PASSWORD"} <= required
+    assert required <= set(env)

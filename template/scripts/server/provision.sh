@@ -336,6 +336,8 @@ SECRET_KEY=$(od -An -N32 -tx1 /dev/urandom | tr -d ' \n')
 POSTGRES_USER=$project
 POSTGRES_PASSWORD=$(od -An -N20 -tx1 /dev/urandom | tr -d ' \n')
 POSTGRES_DB=$project
+APP_DB_USER=${project}_app
+APP_DB_PASSWORD=$(od -An -N20 -tx1 /dev/urandom | tr -d ' \n')
 
 SERVER_NAMES=$domain localhost
 HTTP_PORT=80
