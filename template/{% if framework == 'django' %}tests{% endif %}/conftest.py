@@ -1,7 +1,8 @@
 """Fixtures. pytest-django creates a test database beside the configured one
 (DATABASE_URL), applies the migrations to it and drops it at the end.
 
-Run the suite in the development container, next to the compose database:
+Run the suite in the development container, next to the compose database, where
+the app's role may create databases (compose.override.yaml; never in production):
 
     docker compose run --rm app pytest
 """
