@@ -1,7 +1,8 @@
 # shellcheck shell=bash
-# provision's security steps: key-only SSH, the firewall (ufw, and Docker's
-# published ports), fail2ban, swap. Each checks before it changes anything.
-# Sourced by scripts/server.sh; defines functions only.
+# provision's security steps: the deploy user and its keys, key-only SSH, the
+# firewall (ufw, and Docker's published ports), fail2ban, swap. Each checks
+# before it changes anything. Sourced by scripts/server.sh; defines functions
+# only.
 
 provision_sshd() {
     local dropin=/etc/ssh/sshd_config.d/10-hardening.conf backup
@@ -161,4 +162,92 @@ provision_swap() {
         sysctl --quiet --load /etc/sysctl.d/60-swappiness.conf
         changed "vm.swappiness = 10"
     fi
+}
+
+# provision_user USER [KEY_FILE | --restricted KEY_FILE]...
+provision_user() {
+    local user=$1 files=() restricted=() home admin_home authorized count
+    shift
+    while [ $# -gt 0 ]; do
+        if [ "$1" = --restricted ]; then restricted+=("$2") && shift; else files+=("$1"); fi
+        shift
+    done
+    if ! id "$user" >/dev/null 2>&1; then
+        useradd --create-home --shell /bin/bash --user-group "$user"
+        # No password at all ('*', not a locked '!'): SSH keys only.
+        usermod --password '*' "$user"
+        changed "user $user"
+    else
+        unchanged "user $user"
+    fi
+    if [[ " $(id -nG "$user") " == *" docker "* ]]; then
+        unchanged "$user is in the docker group (root-equivalent: it runs the stack)"
+    else
+        usermod --append --groups docker "$user"
+        changed "$user added to the docker group"
+    fi
+
+    home=$(getent passwd "$user" | cut -d: -f6)
+    authorized=$home/.ssh/authorized_keys
+    install -d -m 700 -o "$user" -g "$user" "$home/.ssh"
+    touch "$authorized"
+    # CI's keys first, restricted: deploys run commands without a terminal
+    # and forward nothing, and a leaked CI key should give no more than that.
+    if [ ${#restricted[@]} -gt 0 ]; then
+        count=$(authorize_keys "$authorized" restrict "${restricted[@]}")
+        if [ "$count" -gt 0 ]; then
+            changed "$count CI key(s) allowed for $user, restricted (no forwarding, no terminal)"
+        else
+            unchanged "CI keys of $user, restricted"
+        fi
+    fi
+    # Then those that log the admin in (root's, or the sudo user's), and any
+    # given. Keys are only ever added, never removed nor loosened.
+    admin_home=$(getent passwd "${SUDO_USER:-root}" | cut -d: -f6)
+    count=$(authorize_keys "$authorized" "" "$admin_home/.ssh/authorized_keys" ${files[@]+"${files[@]}"})
+    chown "$user:$user" "$authorized"
+    chmod 600 "$authorized"
+    [ -s "$authorized" ] || die "no SSH key would let $user log in: pass --ssh-key FILE"
+    if [ "$count" -gt 0 ]; then
+        changed "$count SSH key(s) allowed for $user"
+    else
+        unchanged "SSH keys of $user"
+    fi
+}
+
+# authorize_keys AUTHORIZED_KEYS OPTIONS FILE...: let the public keys in the
+# FILEs (lines without options; missing files are skipped) log in through
+# AUTHORIZED_KEYS, with OPTIONS (comma-separated, or "") in front. A key
+# already there is never loosened; one that lacks any of OPTIONS gets them
+# in front of its own. Prints how many lines it added or changed.
+authorize_keys() {
+    local file=$1 options=$2 lines=() wanted=() keys type blob comment i line prefix missing option count=0
+    shift 2
+    IFS=, read -r -a wanted <<<"$options"
+    keys=$(cat "$@" 2>/dev/null | grep -E '^(ssh-|ecdsa-|sk-)' || true)
+    [ ! -s "$file" ] || mapfile -t lines <"$file"
+    while read -r type blob comment; do
+        [ -n "$blob" ] || continue
+        line=""
+        for i in "${!lines[@]}"; do
+            # A line is [OPTIONS ]TYPE BLOB[ COMMENT]: this key's, whatever
+            # its options, if it holds "TYPE BLOB" as words.
+            [[ " ${lines[$i]} " == *" $type $blob "* ]] || continue
+            line=${lines[$i]} prefix=${line%%"$type $blob"*} missing=""
+            prefix=${prefix% }
+            for option in ${wanted[@]+"${wanted[@]}"}; do
+                [[ ",$prefix," == *",$option,"* ]] || missing+=${missing:+,}$option
+            done
+            if [ -n "$missing" ]; then
+                lines[i]="$missing${prefix:+,$prefix} $type $blob${line#*"$type $blob"}"
+                count=$((count + 1))
+            fi
+        done
+        if [ -z "$line" ]; then
+            lines+=("${options:+$options }$type $blob${comment:+ $comment}")
+            count=$((count + 1))
+        fi
+    done <<<"$keys"
+    [ "$count" -eq 0 ] || printf '%s\n' "${lines[@]}" >"$file"
+    echo "$count"
 }
