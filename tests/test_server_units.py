@@ -153,18 +153,24 @@ def test_rollback_needs_an_earlier_release_and_its_image(server):
     assert one_line(server.run("rollback", "B")) == "rollback: B is already the current release"
 
 
+# A switch from A, served by old1, to B: compose creates new1 beside it.
+SWITCH = [
+    (r"^image inspect", "[]", 0),
+    (r"service=app .*status=running", "old1\n", 0),
+    (r"service=app .*status=created", "new1\n", 0),
+    (r"^wait ", "0\n", 0),
+]
+
+
 def test_the_switch_keeps_new_containers_off_nginx_until_healthy(server):
     server.releases_log(("deploy", "A"))
     server.rules = [
-        (r"^image inspect", "[]", 0),
-        (r"service=app .*status=running", "old1\n", 0),
-        (r"service=app .*status=created", "new1\n", 0),
+        *SWITCH,
         (r"service=nginx .*status=running", "nginx1\n", 0),
         (r"^inspect --format \{\{range .*Networks.* new1$", "shop_web shop_backend \n", 0),
         (r"^inspect --format \{\{range .*Networks.* nginx1$", "shop_web \n", 0),
         (r"^inspect --format \{\{\.State\.Status", "running healthy 0\n", 0),
         (r"^inspect --format \{\{\.Name\}\} new1$", "/shop-app-2\n", 0),
-        (r"^wait ", "0\n", 0),
     ]
     result = server.run("deploy", "B")
     assert result.returncode == 0, result.stderr
@@ -189,12 +195,9 @@ def test_the_switch_keeps_new_containers_off_nginx_until_healthy(server):
 def test_a_release_that_never_turns_healthy_is_removed_and_the_old_one_stays(server):
     server.releases_log(("deploy", "A"))
     server.rules = [
-        (r"^image inspect", "[]", 0),
-        (r"service=app .*status=running", "old1\n", 0),
-        (r"service=app .*status=created", "new1\n", 0),
+        *SWITCH,
         (r"^inspect --format \{\{\.State\.Status", "running unhealthy 0\n", 0),
         (r"^logs --tail 15 new1$", "Traceback: boom\n", 0),
-        (r"^wait ", "0\n", 0),
     ]
     result = server.run("deploy", "B")
     reason = one_line(result)
