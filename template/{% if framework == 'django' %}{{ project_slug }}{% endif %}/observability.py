@@ -54,7 +54,8 @@ class RequestFieldsFilter(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
         if record.name == "gunicorn.access" and isinstance(record.args, dict):
             atoms = record.args
-            record.request_id = atoms.get("{x-request-id}i")
+            # The id RequestIdMiddleware settled on, as the app's lines have it.
+            record.request_id = atoms.get("{http_x_request_id}e") or atoms.get("{x-request-id}i")
             record.client = atoms.get("h")
             record.method = atoms.get("m")
             record.path = atoms.get("U")
