@@ -53,6 +53,11 @@ def test_defaults_render_unattended(tmp_path):
     assert answers["framework"] == "flask"
     assert answers["python_version"] == "3.14"
     assert answers["postgres_version"] == 18
+    # All rights reserved unless the user picks a license: no LICENSE file.
+    assert answers["license"] == "none"
+    assert not (tmp_path / "p" / "LICENSE").exists()
+    # The next steps: the deploy and update scripts need a git repository.
+    assert "git init && git add . && git commit" in result.stderr + result.stdout
 
 
 @pytest.mark.parametrize("answers", ALL_VALID, ids=lambda a: "-".join(str(v) for v in a.values()))
@@ -83,18 +88,22 @@ def test_slug_is_derived_from_the_name(tmp_path):
 
 
 INVALID = [
-    ({"project_name": "   "}, "The project name must not be empty"),
-    ({"project_name": "<script>"}, "The project name may use letters"),
-    ({"project_slug": "My-App"}, "must be a Python identifier"),
-    ({"project_slug": "1app"}, "must be a Python identifier"),
-    ({"project_slug": "django"}, "clashes with a module"),
-    ({"domain": "https://example.com"}, "must be a lower-case hostname"),
-    ({"domain": "exa mple.com"}, "must be a lower-case hostname"),
-    ({"domain": "-bad.example.com"}, "must be a lower-case hostname"),
-    ({"email": "not-an-email"}, "must look like name@example.com"),
+    ({"project_name": "   "}, "Enter a name."),
+    ({"project_name": "My <App>"}, "Only letters, digits, spaces, .-_"),
+    ({"project_name": "_app"}, "Start with a letter or digit."),
+    ({"project_slug": "My-App"}, "Start with a lower-case letter."),
+    ({"project_slug": "my-app"}, "Use only a-z, 0-9 and _."),
+    ({"project_slug": "django"}, "Taken by a module the app uses."),
+    ({"project_slug": "json"}, "Taken by the standard library."),
+    ({"domain": "https://example.com"}, "Use a plain name like example.com."),
+    ({"domain": "-bad.example.com"}, "Use a plain name like example.com."),
+    ({"domain": "localhost"}, "Use a public name, like example.com."),
+    ({"domain": "203.0.113.10"}, "Use a name, not an IP address."),
+    ({"email": "not-an-email"}, "Use the form name@example.com."),
     ({"framework": "rails"}, "framework"),
     ({"python_version": "3.12"}, "python_version"),
     ({"postgres_version": 16}, "postgres_version"),
+    ({"license": "WTFPL"}, "license"),
 ]
 
 
@@ -121,7 +130,7 @@ def test_validation_error_is_one_clear_line(tmp_path):
             quiet=True,
         )
     message = str(error.value)
-    assert "The domain must be a lower-case hostname" in message
+    assert "Use a plain name like example.com." in message
     assert "\n" not in message.strip()
 
 
