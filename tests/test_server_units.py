@@ -329,3 +329,40 @@ def test_status_before_the_first_deploy_says_what_to_do(server):
     (server.app_dir / "compose.yaml").unlink()
     assert one_line(server.run("status")) == "status: nothing deployed on this server yet: run scripts/deploy"
     assert server.calls() == []
+
+
+def test_a_switch_cut_short_converges_on_the_current_release(server):
+    """Two releases' containers serve (a deploy killed mid-switch): the one
+    .env names stays, the other stops; one release alone changes nothing."""
+    server.releases_log(("deploy", "A"), ("deploy", "B"))
+    both = [
+        (r"service=app .*status=running", "old1\nnew1\n", 0),
+        (r"^inspect --format \{\{\.Config\.Image\}\} old1$", "shop:A\n", 0),
+        (r"^inspect --format \{\{\.Config\.Image\}\} new1$", "shop:B\n", 0),
+    ]
+    server.rules = both
+    result = server.call("converge B")
+    assert result.returncode == 0, result.stderr
+    calls = [" ".join(call) for call in server.calls()]
+    assert "stop old1" in calls and "rm old1" in calls, calls
+    assert not any(call.endswith("new1") and call.split()[0] in {"stop", "rm"} for call in calls), calls
+
+    server.rules = [(r"service=app .*status=running", "new1\n", 0), both[2]]
+    assert server.call("converge B").returncode == 0
+    assert not any(call[0] in {"stop", "rm"} for call in server.calls())
+
+
+def test_status_fails_when_two_releases_serve(server):
+    server.releases_log(("deploy", "A"), ("deploy", "B"))
+    server.rules = [
+        (r"^compose .*config --services$", "app\n", 0),
+        (r"service=app .*status=running", "app1\napp2\n", 0),
+        (r"Health\.Status.* app[12]$", "healthy\n", 0),
+        (r"^inspect --format \{\{\.Config\.Image\}\} app1$", "shop:A\n", 0),
+        (r"^inspect --format \{\{\.Config\.Image\}\} app2$", "shop:B\n", 0),
+    ]
+    result = server.run("status")
+    assert one_line(result) == (
+        "status: app containers of several releases serve at once (the next deploy or rollback keeps only one)"
+    )
+    assert "releases  A, B serve at once" in result.stdout

@@ -7,6 +7,7 @@
 #
 #   server/common.sh      output, the project's directory, compose, the lock
 #   server/release.sh     deploy and rollback: the release step, the switch
+#   server/incoming.sh    a deploy's stream from scripts/deploy, run detached
 #   server/images.sh      images: missing ones, tag, pull
 #   server/data.sh        backup and restore
 #   server/status.sh      status and releases (read-only)
@@ -17,7 +18,7 @@
 set -Eeuo pipefail
 
 SERVER_HOME=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
-for module in release-id common release images data status provision hardening; do
+for module in release-id common release incoming images data status provision hardening; do
     # shellcheck source=/dev/null
     . "$SERVER_HOME/server/$module.sh"
 done
@@ -32,6 +33,7 @@ The server side of the deploy scripts: they run it over SSH as
   provision --project NAME ...  as root: set the server up (scripts/provision)
   deploy RELEASE [OPTIONS]      switch to the image <project>:RELEASE, already here
   rollback [RELEASE]            back to the previous release (or RELEASE)
+  receive STAGE RELEASE ...     scripts/deploy's stream: staged files, images
   releases                      the releases that went live (releases.log)
   missing-images                images compose.yaml needs that are not here
   tag IMAGE RELEASE             name IMAGE <project>:RELEASE
@@ -57,6 +59,10 @@ main() {
         provision) cmd_provision "$@" ;;
         deploy) cmd_deploy "$@" ;;
         rollback) cmd_rollback "$@" ;;
+        receive) cmd_receive "$@" ;;
+        # The detached halves of receive, deploy and rollback.
+        apply) cmd_apply "$@" ;;
+        go-live) cmd_go_live "$@" ;;
         releases) cmd_releases ;;
         missing-images) cmd_missing_images ;;
         tag) cmd_tag "$@" ;;

@@ -37,7 +37,9 @@ positive() { [[ $1 =~ ^[1-9][0-9]*$ ]]; }
 # temporary copy and names the project instead).
 
 project_dir() {
-    APP_DIR=$(cd "$SERVER_HOME/.." && pwd)
+    # A deploy's staged copy of server.sh runs beside the project, which
+    # DEPLOY_APP_DIR names (server/incoming.sh).
+    APP_DIR=${DEPLOY_APP_DIR:-$(cd "$SERVER_HOME/.." && pwd)}
     PROJECT=$(basename "$APP_DIR")
     [ -f "$APP_DIR/.env" ] || die "$APP_DIR/.env is missing: run scripts/provision first"
     cd "$APP_DIR" || die "cannot enter $APP_DIR"

@@ -48,7 +48,7 @@ cmd_deploy() {
     valid_release "$release" || usage_error "not a release id: '$release'"
     lock
     require_image "$release" "image $PROJECT:$release is not on this server"
-    go_live deploy "$release" "$source" "$timeout" "$keep"
+    run_detached deploy "$release" go-live deploy "$release" "$source" "$timeout" "$keep"
 }
 
 cmd_rollback() {
@@ -68,7 +68,15 @@ cmd_rollback() {
     require_image "$release" \
         "the image of $release is no longer on the server (deploy keeps the last few only); deploy it again instead"
     step "rolling back from $current to $release (no migrations: the schema stays as it is)"
-    go_live rollback "$release" "$source" "$timeout" "$keep"
+    run_detached rollback "$release" go-live rollback "$release" "$source" "$timeout" "$keep"
+}
+
+# server.sh go-live ACTION RELEASE SOURCE TIMEOUT KEEP: the detached half of
+# deploy and rollback (run_detached), holding the lock it inherited.
+cmd_go_live() {
+    COMMAND=$1
+    project_dir
+    go_live "$@"
 }
 
 require_image() {
@@ -88,6 +96,7 @@ go_live() {
     for leftover in $(containers app created) $(containers app exited); do
         docker rm --force "$leftover" >/dev/null
     done
+    converge "$current"
 
     if [ -z "$(containers app running)" ]; then
         step "starting the stack with release $release (no app container was running)"
@@ -104,6 +113,26 @@ go_live() {
     refresh_nginx
     check_nginx_serves "$release"
     prune_images "$keep"
+    step "$release serves"
+}
+
+# A switch cut short (the server rebooted mid-deploy, or a deploy killed
+# there) can leave app containers of two releases serving: the one .env
+# names keeps serving, the others drain and go.
+converge() {
+    local current=$1 container ours=() others=()
+    [ -n "$current" ] || return 0
+    for container in $(containers app running); do
+        if [ "$(docker inspect --format '{{.Config.Image}}' "$container")" = "$PROJECT:$current" ]; then
+            ours+=("$container")
+        else
+            others+=("$container")
+        fi
+    done
+    [ ${#ours[@]} -gt 0 ] && [ ${#others[@]} -gt 0 ] || return 0
+    step "a switch cut short left ${#others[@]} container(s) of another release serving beside $current: stopping them"
+    docker stop "${others[@]}" >/dev/null
+    docker rm "${others[@]}" >/dev/null
 }
 
 # Deploys never restart the database: that would cut every request off, and a

@@ -26,6 +26,13 @@ cmd_status() {
             *" starting "* | *" unhealthy "*) problems+=("$service is ${line// /, }") ;;
         esac
     done
+    # A switch cut short leaves two releases' containers behind nginx.
+    local serving
+    serving=$(serving_releases)
+    if [ "$(wc -w <<<"$serving")" -gt 1 ]; then
+        say "releases  ${serving// /, } serve at once"
+        problems+=("app containers of several releases serve at once (the next deploy or rollback keeps only one)")
+    fi
     # What nginx serves, asked on the server the way a visitor would.
     local port answer
     port=$(env_value HTTP_PORT)
@@ -40,6 +47,9 @@ cmd_status() {
     local previous newest
     previous=$(previous_release "$current")
     say "rollback  ${previous:-no earlier release}"
+    local run
+    run=$(last_run)
+    [ -z "$run" ] || say "last run  $run"
     newest=$( (find backups -maxdepth 1 -name '*.dump' -printf '%f\n' 2>/dev/null || true) | sort)
     say "backups   $(grep -c . <<<"$newest" || true), newest: $(tail -n 1 <<<"${newest:-none}")"
     say "disk      $(df -h --output=avail "$APP_DIR" | tail -n 1 | tr -d ' ') free"
@@ -54,6 +64,14 @@ cmd_status() {
 went_live() {
     awk -F '\t' -v r="$1" '$3 == r { t = $1 " by " $2 } END { print t ? "went live " t : "not in releases.log" }' \
         releases.log 2>/dev/null || echo "no releases.log"
+}
+
+# The releases of the running app containers, by image tag, each once.
+serving_releases() {
+    local container
+    for container in $(containers app running); do
+        docker inspect --format '{{.Config.Image}}' "$container"
+    done | sed "s/^$PROJECT://" | sort -u | paste -sd ' ' -
 }
 
 # The health of each running container of SERVICE (healthy, starting,
