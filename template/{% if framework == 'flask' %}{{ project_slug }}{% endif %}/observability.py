@@ -118,8 +118,10 @@ def init_sentry(release: str) -> bool:
         # off unless asked for, as a fraction of requests (0.1 = one in ten).
         traces_sample_rate=_rate("SENTRY_TRACES_SAMPLE_RATE"),
         profiles_sample_rate=_rate("SENTRY_PROFILES_SAMPLE_RATE"),
-        # No cookies, user names, IP addresses or request bodies leave the server.
-        send_default_pii=False,
+        # Personal data (cookies, IP addresses, user names, request bodies)
+        # stays out: the SDK's default for requests, and no local variables in
+        # stack traces, where a request's environ or a user's record would be.
+        include_local_variables=False,
         before_send=_tag_request_id,
     )
     return True
