@@ -1,0 +1,36 @@
+"""The development image's entrypoint: run the command as the owner of /app.
+
+compose.override.yaml bind-mounts your working tree over /app. Running as its
+owner lets `makemigrations` or `flask db migrate` write files you own on the
+host, whatever your UID: on Linux that is your own user; with rootless Docker,
+or Docker Desktop, the mount looks owned by root, which maps back to you.
+"""
+
+import os
+import sys
+
+CODE = "/app"
+# The volume the release step (the migrate service) publishes static files to.
+STATIC = "/srv/static"
+
+
+def main() -> None:
+    if len(sys.argv) < 2:
+        sys.exit("usage: dev-entrypoint.py COMMAND [ARG...]")
+    owner = os.stat(CODE)
+    if os.getuid() == 0 and owner.st_uid != 0:
+        # Needs CHOWN, SETGID and SETUID (compose.override.yaml adds them);
+        # switching away from root drops every capability, those included.
+        if os.path.ismount(STATIC):
+            os.chown(STATIC, owner.st_uid, owner.st_gid)
+        os.setgroups([])
+        os.setgid(owner.st_gid)
+        os.setuid(owner.st_uid)
+    try:
+        os.execvp(sys.argv[1], sys.argv[1:])  # noqa: S606 (the container's command, as given)
+    except FileNotFoundError:
+        sys.exit(f"dev-entrypoint: {sys.argv[1]}: command not found in the development image")
+
+
+if __name__ == "__main__":
+    main()
