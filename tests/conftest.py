@@ -222,6 +222,28 @@ def template_repo(tmp_path_factory) -> Path:
     return make_template_repo(tmp_path_factory.mktemp("template") / "repo")
 
 
+# The deploy scenario's VPS and project, shared by tests/test_deploy*.py.
+@pytest.fixture(scope="session")
+def vps(tmp_path_factory, request):
+    from deployscenario import start_vps
+
+    yield from start_vps(tmp_path_factory, request)
+
+
+@pytest.fixture(scope="session")
+def deploy_project(tmp_path_factory):
+    from deployscenario import deploy_project
+
+    yield from deploy_project(tmp_path_factory)
+
+
+@pytest.fixture(scope="session")
+def deploy_scenario():
+    from vpshost import Scenario
+
+    return Scenario()
+
+
 @contextmanager
 def booted(project: Path, request: pytest.FixtureRequest, *extra_up: str) -> Iterator[Stack]:
     """Boot a rendered project's production stack; always `down -v` afterwards,

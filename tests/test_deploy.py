@@ -24,23 +24,22 @@ step it starts from did not run):
                     then: relB's stylesheet URL still answers
   rollback          back to relB, under load; then: relB's own stylesheet
   restore           the rows of the backup; then: a truncated dump refused
-  django            the Flask site down; a Django project deployed twice
+
+tests/test_deploy_interrupted.py goes on from there, on the same VPS.
 """
 
 from __future__ import annotations
 
 import json
+import re
 import selectors
-import shutil
 import subprocess
 import time
-import uuid
 from pathlib import Path
 
 import pytest
 import requests
 
-from conftest import prepare_images, render
 from vpshost import (
     SITE_HEADERS,
     Load,
@@ -67,67 +66,16 @@ TABLE_DIGEST = (
 COUNTER = "SELECT value FROM counter WHERE name = 'home';"
 
 
+# The VPS and the project are shared with tests/test_deploy_interrupted.py,
+# which goes on with the scenario (tests/deployscenario.py).
 @pytest.fixture(scope="module")
-def vps(tmp_path_factory, request):
-    prepare_images(VPS_DIR)
-    run("docker", "build", "--quiet", "--tag", "template-test-vps", str(VPS_DIR))
-    server = Vps(tmp_path_factory.mktemp("vps"), "template-test-vps")
-    failed_before = request.session.testsfailed
-    try:
-        server.start()
-        yield server
-    finally:
-        if request.session.testsfailed > failed_before:
-            print(f"\n--- journal of the VPS ---\n{server.journal()}")
-        server.stop()
+def project(deploy_project):
+    return deploy_project
 
 
 @pytest.fixture(scope="module")
-def project(tmp_path_factory):
-    """A rendered project in a git repository, with releases built as images:
-    relA; relC, whose stylesheet has one more rule; and `broken`, which never
-    turns healthy and logs every request it gets. The second release is the
-    one `scripts/deploy HOST` builds itself, named after the commit."""
-    suffix = uuid.uuid4().hex[:6]
-    root = render(tmp_path_factory.mktemp("deploy") / "project", project_name=f"Deploy Check {suffix}")
-    slug = f"deploy_check_{suffix}"
-    prepare_images(root)
-    git = ("git", "-C", str(root), "-c", "user.name=Test", "-c", "user.email=test@example.com")
-    run(*git, "init", "--quiet")
-    run(*git, "add", "--all")
-    run(*git, "commit", "--quiet", "--message", "The generated project")
-    rel_c = tmp_path_factory.mktemp("relC") / "project"
-    shutil.copytree(root, rel_c, ignore=shutil.ignore_patterns(".git"))
-    with (rel_c / "static" / "css" / "site.css").open("a") as site_css:
-        site_css.write("\nh1 {\n  letter-spacing: 0.01em;\n}\n")
-    for release, context in (("relA", root), ("relC", rel_c)):
-        run(
-            "docker", "build", "--quiet", "--target", "production", "--build-arg", f"APP_RELEASE={release}",
-            "--tag", f"{slug}:{release}", str(context),
-        )  # fmt: skip
-    broken = tmp_path_factory.mktemp("broken")
-    (broken / "Dockerfile").write_text(
-        f"FROM {slug}:relA\n"
-        "ENV APP_RELEASE=broken\n"
-        # Never healthy, but "starting" for a minute: longer than deploy's
-        # --health-timeout and than two of nginx's 5 s re-resolves. The
-        # check sends no request, so that the log holds only others'.
-        "HEALTHCHECK --interval=2s --timeout=2s --start-period=60s --retries=1 "
-        'CMD ["python", "-c", "raise SystemExit(1)"]\n'
-        # Serves anything, and logs each request to stderr.
-        'CMD ["python", "-m", "http.server", "8000"]\n'
-    )
-    run("docker", "build", "--quiet", "--tag", f"{slug}:broken", str(broken))
-    yield root, slug
-    images = run("docker", "image", "ls", "--format", "{{.Repository}}:{{.Tag}}", check=False).stdout.split()
-    ours = [image for image in images if slug in image]
-    if ours:
-        run("docker", "image", "rm", "--force", *ours, check=False)
-
-
-@pytest.fixture(scope="module")
-def scenario() -> Scenario:
-    return Scenario()
+def scenario(deploy_scenario) -> Scenario:
+    return deploy_scenario
 
 
 def test_provision_sets_the_server_up_and_is_idempotent(vps, project, scenario):
@@ -173,13 +121,19 @@ def test_first_deploy_uploads_the_images_and_starts_the_stack(vps, project, scen
     """Starts from the provisioned server, with no stack yet."""
     scenario.starts_after("provision")
     result = script(vps, project, "deploy", "vps", "relA")
-    assert "docker save | gzip | ssh docker load" in result.stdout
+    assert "; docker save | gzip)" in result.stdout
+    _, slug = project
+    loaded = {line.split(": ", 1)[1] for line in result.stdout.splitlines() if "Loaded image: " in line}
+    assert loaded == {f"{slug}:relA", "postgres:18", "nginx:1.30"}, result.stdout
     assert "Deployed relA" in result.stdout
     assert site_release(vps) == "relA"
 
     status = script(vps, project, "status", "vps").stdout
     assert "release   relA" in status
     assert '"release":"relA"' in status
+    # example.com does not resolve here: provision left HTTPS off.
+    assert "https     off: warning, production serves plain HTTP" in status
+    assert re.search(r"^last run  \S+-deploy-relA\.log: --> relA serves$", status, re.MULTILINE), status
     logs = script(vps, project, "logs", "--no-follow", "--tail", "5", "vps", "app").stdout
     assert "app-" in logs
 
@@ -447,36 +401,3 @@ def test_a_truncated_dump_is_refused_before_anything_changes(vps, project, scena
     assert psql(vps, project, TABLE_DIGEST) == before
     assert set(vps.ssh("deploy", listing).stdout.split()) == backups, "no safety dump, no upload left"
     assert site_release(vps) == scenario.rel_b
-
-
-def test_a_django_project_deploys_the_same_way(vps, project, scenario, tmp_path):
-    """Starts from the Flask site of the steps before, which it takes down
-    (one site per server here: it gives port 80 back). The scripts do not
-    depend on the framework; the release step does (`manage.py release`),
-    and so do /healthz's JSON and the static files. One Django release,
-    deployed, then deployed again under load: the same zero-downtime switch."""
-    scenario.starts_after("restore")
-    _, flask_slug = project
-    down = vps.ssh("deploy", f"/srv/{flask_slug}/scripts/server.sh compose down", check=False)
-    assert down.returncode == 0, down.stdout + down.stderr
-    suffix = uuid.uuid4().hex[:6]
-    root = render(tmp_path / "django", framework="django", project_name=f"Deploy Django {suffix}")
-    slug = f"deploy_django_{suffix}"
-    django = (root, slug)
-    prepare_images(root)
-    try:
-        run(
-            "docker", "build", "--quiet", "--target", "production", "--build-arg", "APP_RELEASE=relD",
-            "--tag", f"{slug}:relD", str(root),
-        )  # fmt: skip
-        script(vps, django, "provision", "root@vps")
-        script(vps, django, "deploy", "vps", "relD")
-        assert site_release(vps) == "relD"
-
-        result, load = switch_under_load("relD", vps, django, "deploy", "vps", "relD")
-        assert "image deploy_django" in result.stdout and "is already on the server" in result.stdout
-        assert "release step" in result.stdout and "beside relD" in result.stdout
-        assert set(load.releases) == {"relD"}, load.releases
-        assert '"release": "relD"' in script(vps, django, "status", "vps").stdout
-    finally:
-        run("docker", "image", "rm", "--force", f"{slug}:relD", check=False)

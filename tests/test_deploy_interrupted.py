@@ -1,0 +1,200 @@
+"""A deploy cut short, for real: the scenario of tests/test_deploy.py goes on
+here, on the same VPS (tests/deployscenario.py), from the Flask site that
+its restore step left serving release relB.
+
+The laptop's side of a deploy may die at the worst moment, while both
+releases answer and nginx is about to drop the old one: the server's run goes
+on detached and ends with one release serving, under load with no failed
+request. A run killed on the server itself leaves two releases serving:
+scripts/status fails, and the next deploy converges on one.
+
+  ssh killed        the SSH client killed mid-switch, deploying relA
+  ctrl-c            Ctrl-C mid-switch, deploying relB back
+  repaired          the server's run killed mid-switch; the next deploy
+  django            the Flask site down; a Django project deployed twice
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import time
+import uuid
+from collections.abc import Callable
+
+import pytest
+
+from conftest import prepare_images, render
+from vpshost import (
+    Load,
+    Scenario,
+    Vps,
+    reason,
+    run,
+    script,
+    site_release,
+    stop_moment,
+    switch_under_load,
+)
+
+pytestmark = pytest.mark.docker
+
+# The most dangerous step: the new release serves, the old one still does.
+DANGER = "for nginx to resolve app again"
+
+
+@pytest.fixture(scope="module")
+def project(deploy_project):
+    return deploy_project
+
+
+@pytest.fixture(scope="module")
+def scenario(deploy_scenario) -> Scenario:
+    return deploy_scenario
+
+
+def cut_short(
+    vps: Vps, project, args: list[str], blow: Callable[[subprocess.Popen], None]
+) -> subprocess.CompletedProcess:
+    """Run scripts/ARGS, and BLOW once it reaches DANGER."""
+    root, _ = project
+    env = {**os.environ, "DEPLOY_SSH_CONFIG": str(vps.ssh_config)}
+    process = subprocess.Popen(
+        [str(root / "scripts" / args[0]), *args[1:]], cwd=root, env=env, text=True, start_new_session=True,
+        stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+    )  # fmt: skip
+    lines = []
+    for line in process.stdout:
+        lines.append(line)
+        if line.startswith("--> waiting") and DANGER in line:
+            blow(process)
+    stderr = process.stderr.read()
+    process.wait(timeout=60)
+    output = "".join(lines)
+    assert any(DANGER in line for line in lines), f"the deploy never reached the switch:\n{output}{stderr}"
+    return subprocess.CompletedProcess(process.args, process.returncode, output, stderr)
+
+
+def server_run(vps: Vps, project) -> str:
+    """The log of the newest detached run, once it has ended (the deploy
+    lock is free again)."""
+    _, slug = project
+    deadline = time.time() + 300
+    while vps.ssh("deploy", f"flock --nonblock /srv/{slug}/.deploy.lock true", check=False).returncode != 0:
+        assert time.time() < deadline, "the server's run still holds the deploy lock after 5 minutes"
+        time.sleep(1)
+    return vps.ssh("deploy", f'cd /srv/{slug}/deploys && cat "$(ls -1 *.log | tail -n 1)"').stdout
+
+
+def serving(vps: Vps, project) -> list[str]:
+    """The release of each running app container."""
+    _, slug = project
+    filters = f"--filter label=com.docker.compose.project={slug}"
+    filters += " --filter label=com.docker.compose.service=app"
+    images = vps.ssh("deploy", f"docker ps {filters} --format '{{{{.Image}}}}'").stdout.split()
+    return sorted(image.split(":", 1)[1] for image in images)
+
+
+def survives(vps: Vps, project, old: str, new: str, args: list[str], blow) -> subprocess.CompletedProcess:
+    """Deploy from OLD to NEW under load, cut short by BLOW: the server's run
+    finishes the switch with no failed request, and NEW alone serves."""
+    with Load(vps.port(80)) as load:
+        started = time.time()
+        result = cut_short(vps, project, args, blow)
+        log = server_run(vps, project)
+        stopped = stop_moment(subprocess.CompletedProcess(args, 0, log, ""), old, started)
+        load.run_until(stopped + Load.AROUND + 0.5)
+    load.check(stopped)
+    assert result.returncode != 0, result.stdout
+    assert log.rstrip().endswith(f"--> {new} serves"), log
+    assert serving(vps, project) == [new]
+    assert {site_release(vps) for _ in range(10)} == {new}
+    status = script(vps, project, "status", "vps")
+    assert f"release   {new}" in status.stdout and f"{new} serves" in status.stdout
+    return result
+
+
+def kill_ssh(vps: Vps) -> Callable[[subprocess.Popen], None]:
+    # Every ssh process of the deploy: its session and the shared connection.
+    return lambda _: run("pkill", "-KILL", "-f", f"ssh .*-F {vps.ssh_config}", check=False)
+
+
+def test_killing_the_ssh_client_mid_switch_leaves_one_release(vps, project, scenario):
+    """Starts from relB serving; relA's image is uploaded again (pruned)."""
+    scenario.starts_after("restore")
+    result = survives(vps, project, scenario.rel_b, "relA", ["deploy", "vps", "relA"], kill_ssh(vps))
+    assert "lost the SSH connection" in reason(result), result.stderr
+    assert "goes on there: scripts/status vps shows how it ended" in reason(result)
+    scenario.done.append("ssh killed")
+
+
+def test_ctrl_c_mid_switch_leaves_one_release(vps, project, scenario):
+    """Starts from relA serving; relB's image is still on the server."""
+    scenario.starts_after("ssh killed")
+    release_b = scenario.rel_b
+
+    def ctrl_c(process: subprocess.Popen) -> None:
+        # What a terminal does: SIGINT to the whole foreground process group.
+        os.killpg(process.pid, signal.SIGINT)
+
+    result = survives(vps, project, "relA", release_b, ["deploy", "vps", release_b], ctrl_c)
+    assert reason(result).startswith("deploy: interrupted here; what the server had begun goes on there")
+    scenario.done.append("ctrl-c")
+
+
+def test_a_switch_killed_on_the_server_is_repaired_by_the_next_deploy(vps, project, scenario):
+    """Starts from relB serving. The server's run dies mid-switch (as in a
+    reboot): two releases serve until the next deploy."""
+    scenario.starts_after("ctrl-c")
+    release_b = scenario.rel_b
+
+    def kill_the_run(_: subprocess.Popen) -> None:
+        vps.ssh("root", "pkill -KILL -f 'server.sh (apply|go-live) '", check=False)
+
+    result = cut_short(vps, project, ["deploy", "vps", "relA"], kill_the_run)
+    assert result.returncode != 0
+    server_run(vps, project)
+    assert serving(vps, project) == sorted(["relA", release_b])
+    status = script(vps, project, "status", "vps", check=False)
+    assert status.returncode != 0
+    assert "app containers of several releases serve at once" in reason(status), status.stderr
+
+    result, _ = switch_under_load("relA", vps, project, "deploy", "vps", "relA")
+    assert "a switch cut short left 1 container(s) of another release serving beside relA" in result.stdout
+    assert serving(vps, project) == ["relA"]
+    assert script(vps, project, "status", "vps").returncode == 0
+    scenario.done.append("repaired")
+
+
+def test_a_django_project_deploys_the_same_way(vps, project, scenario, tmp_path):
+    """Starts from the Flask site of the steps before, which it takes down
+    (one site per server here: it gives port 80 back). The scripts do not
+    depend on the framework; the release step does (`manage.py release`),
+    and so do /healthz's JSON and the static files. One Django release,
+    deployed, then deployed again under load: the same zero-downtime switch."""
+    scenario.starts_after("repaired")
+    _, flask_slug = project
+    down = vps.ssh("deploy", f"/srv/{flask_slug}/scripts/server.sh compose down", check=False)
+    assert down.returncode == 0, down.stdout + down.stderr
+    suffix = uuid.uuid4().hex[:6]
+    root = render(tmp_path / "django", framework="django", project_name=f"Deploy Django {suffix}")
+    slug = f"deploy_django_{suffix}"
+    django = (root, slug)
+    prepare_images(root)
+    try:
+        run(
+            "docker", "build", "--quiet", "--target", "production", "--build-arg", "APP_RELEASE=relD",
+            "--tag", f"{slug}:relD", str(root),
+        )  # fmt: skip
+        script(vps, django, "provision", "root@vps")
+        script(vps, django, "deploy", "vps", "relD")
+        assert site_release(vps) == "relD"
+
+        result, load = switch_under_load("relD", vps, django, "deploy", "vps", "relD")
+        assert "image deploy_django" in result.stdout and "is already on the server" in result.stdout
+        assert "release step" in result.stdout and "beside relD" in result.stdout
+        assert set(load.releases) == {"relD"}, load.releases
+        assert '"release": "relD"' in script(vps, django, "status", "vps").stdout
+    finally:
+        run("docker", "image", "rm", "--force", f"{slug}:relD", check=False)
