@@ -336,3 +336,12 @@ def test_the_laptop_scripts_keep_to_bash_3_2(project):
     ]
     assert found == []
     assert BASH_4_ONLY.search("mapfile -t lines < file") and BASH_4_ONLY.search('echo "${name,,}"')
+
+
+def test_cert_expiry_with_a_host_runs_on_the_server(fake):
+    result = fake.run("cert-expiry", "--warn", "20", "host")
+    assert result.returncode == 0, result.stderr
+    remote = [command for command in fake.lines("commands") if "cert-expiry" in command]
+    assert remote == [f"{APP_DIR}/scripts/cert-expiry --warn 20 "]
+    assert fake.run("cert-expiry", "--warn", "soon", "host").returncode == 2
+    assert fake.run("cert-expiry", "host", "other").returncode == 2

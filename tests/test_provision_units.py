@@ -284,3 +284,36 @@ def test_provision_generates_every_secret_compose_yaml_requires(server, tmp_path
     required = set(re.findall(r"\$\{(\w+):\?", compose))
     assert {"SECRET_KEY", "POSTGRES_PASSWORD", "APP_DB_PASSWORD"} <= required
     assert required <= set(env)
+
+
+# The domain's DNS, and the server's addresses: 203.0.113.7 is the public one.
+DNS = (
+    'getent() { case $2 in example.com) echo "$DOMAIN_AT STREAM example.com" ;;'
+    " 203.0.113.7) echo '203.0.113.7 STREAM' ;; esac; }; "
+    'hostname() { echo "$INTERFACES"; }; '
+)
+
+
+@pytest.mark.parametrize(
+    ("domain_at", "interfaces", "address", "https"),
+    [
+        ("203.0.113.7", "203.0.113.7 10.0.0.5", "", True),
+        # 1:1 NAT: the public address is on no interface, but provision used it.
+        ("203.0.113.7", "10.0.0.5", "203.0.113.7", True),
+        ("192.0.2.1", "203.0.113.7", "203.0.113.7", False),
+    ],
+)
+def test_https_is_on_from_the_start_when_the_domain_resolves_here(
+    server, tmp_path, domain_at, interfaces, address, https
+):
+    app_dir = tmp_path / "shop"
+    setup = f"DOMAIN_AT={domain_at} INTERFACES='{interfaces}'; "
+    result = server.call(
+        AS_ANYONE + DNS + setup + f'provision_app_dir shop example.com "$(id -un)" {app_dir} "" "{address}"'
+    )
+    assert result.returncode == 0, result.stderr
+    lines = (app_dir / ".env").read_text().splitlines()
+    assert ("COMPOSE_FILE=compose.yaml:compose.tls.yaml" in lines) is https
+    assert ("# COMPOSE_FILE=compose.yaml:compose.tls.yaml" in lines) is not https
+    state = "on: example.com resolves here" if https else "off: example.com does not resolve here"
+    assert f"generated, with new secrets; HTTPS {state}" in result.stdout

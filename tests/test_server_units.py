@@ -237,6 +237,23 @@ def test_status_names_every_problem_on_one_line(server):
     assert one_line(result) == "status: db is not running; app is unhealthy"
     assert "release   B (went live 2026-01-02T00:00:00Z by deploy)" in result.stdout
     assert "rollback  A" in result.stdout
+    assert "https     off: warning, production serves plain HTTP" in result.stdout
+
+
+def test_status_fails_when_the_certificate_has_under_14_days_left(server):
+    server.releases_log(("deploy", "A"))
+    server.rules = [
+        (r"^compose .*config --services$", "certbot\n", 0),
+        (r"service=certbot .*status=running", "certbot1\n", 0),
+    ]
+    expiry = server.app_dir / "scripts" / "cert-expiry"
+    expiry.write_text("#!/bin/sh\necho 'shop.example: expires 2026-12-10 (10 days), issued by R12'\nexit 1\n")
+    expiry.chmod(0o755)
+    result = server.run("status")
+    assert "https     shop.example: expires 2026-12-10 (10 days), issued by R12" in result.stdout
+    assert one_line(result) == (
+        "status: the certificate needs attention: shop.example: expires 2026-12-10 (10 days), issued by R12"
+    )
 
 
 RESTORE_RULES = [
@@ -363,6 +380,7 @@ def test_status_fails_when_two_releases_serve(server):
     ]
     result = server.run("status")
     assert one_line(result) == (
-        "status: app containers of several releases serve at once (the next deploy or rollback keeps only one)"
+        "status: app containers of several releases serve at once"
+        " (the next deploy or rollback keeps only one)"
     )
     assert "releases  A, B serve at once" in result.stdout

@@ -214,7 +214,8 @@ def test_https_responses_carry_hsts_and_the_security_headers(tls: TLSStack):
     for path in ("/", "/static/css/site.css", "/healthz"):
         status, headers, _ = tls.https(path)
         assert status == 200, path
-        assert headers.get_all("Strict-Transport-Security") == ["max-age=300"], path
+        # A year, once a certificate was issued (none with the placeholder).
+        assert headers.get_all("Strict-Transport-Security") == ["max-age=31536000"], path
         assert headers.get_all("X-Content-Type-Options") == ["nosniff"], path
         assert headers["X-Frame-Options"] == "DENY", path
         assert headers["Referrer-Policy"] == "strict-origin-when-cross-origin", path

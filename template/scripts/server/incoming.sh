@@ -33,6 +33,7 @@ cmd_receive() {
         shift
     done
     parse_release_options "${args[@]}"
+    # shellcheck disable=SC2034 # die and usage_error name it (common.sh)
     COMMAND=deploy
     project_dir
     valid_release "$release" || usage_error "not a release id: '$release'"
@@ -56,6 +57,7 @@ cmd_apply() {
         shift
     done
     parse_release_options "${args[@]}"
+    # shellcheck disable=SC2034 # die and usage_error name it (common.sh)
     COMMAND=deploy
     project_dir
     install_staged "$stage"

@@ -65,19 +65,20 @@ has_candidate() {
 
 usage_provision() {
     cat <<'EOF'
-server.sh provision --project NAME --domain NAME [--user NAME] [--engine auto|docker|distro]
+server.sh provision --project NAME --domain NAME [--address HOST] [--user NAME] [--engine auto|docker|distro]
                     [--swap SIZE] [--env-file FILE] [--key-file FILE] [--ci-key-file FILE]
 Run as root. scripts/provision calls it; see scripts/provision --help.
 EOF
 }
 
 cmd_provision() {
-    local project="" domain="" user=deploy engine=auto swap=2G env_file="" key_files=()
+    local project="" domain="" address="" user=deploy engine=auto swap=2G env_file="" key_files=()
     CHANGES=0 APT_UPDATED=false
     while [ $# -gt 0 ]; do
         case $1 in
             --project) project=$2 && shift ;;
             --domain) domain=$2 && shift ;;
+            --address) address=$2 && shift ;;
             --user) user=$2 && shift ;;
             --engine) engine=$2 && shift ;;
             --swap) swap=$2 && shift ;;
@@ -133,7 +134,7 @@ EOF
     provision_swap "$swap"
 
     step "$app_dir"
-    provision_app_dir "$project" "$domain" "$user" "$app_dir" "$env_file"
+    provision_app_dir "$project" "$domain" "$user" "$app_dir" "$env_file" "$address"
 
     step "daily backup"
     provision_backup_timer "$project" "$user" "$app_dir"
@@ -215,8 +216,22 @@ EOF
     docker info >/dev/null 2>&1 || die "the Docker engine does not answer: journalctl -u docker"
 }
 
+# Whether DOMAIN's DNS points at this server: one of its addresses is on
+# one of the server's interfaces, or is ADDRESS, the one scripts/provision
+# connected to (behind 1:1 NAT, the public address is on no interface).
+resolves_here() {
+    local domain=$1 address=$2 theirs ours
+    theirs=$(getent ahosts "$domain" 2>/dev/null | awk '{ print $1 }' | sort -u)
+    [ -n "$theirs" ] || return 1
+    ours=$({
+        hostname -I 2>/dev/null | tr ' ' '\n'
+        [ -z "$address" ] || getent ahosts "$address" 2>/dev/null | awk '{ print $1 }'
+    } | sort -u)
+    [ -n "$(comm -12 <(echo "$theirs") <(echo "$ours"))" ]
+}
+
 provision_app_dir() {
-    local project=$1 domain=$2 user=$3 app_dir=$4 env_file=$5
+    local project=$1 domain=$2 user=$3 app_dir=$4 env_file=$5 address=${6:-} https
     if [ "$(stat -c '%a %U' "$app_dir" 2>/dev/null || true)" != "750 $user" ]; then
         install -d -m 750 -o "$user" -g "$user" "$app_dir"
         changed "$app_dir, owned by $user"
@@ -241,6 +256,16 @@ provision_app_dir() {
             unchanged "$env (same as the uploaded one)"
         fi
     elif [ ! -f "$env" ]; then
+        # HTTPS from the start when the domain's DNS already points here.
+        if resolves_here "$domain" "$address"; then
+            https="# HTTPS with a Let's Encrypt certificate: $domain resolved to this server
+# when it was provisioned (docs/https.md).
+COMPOSE_FILE=compose.yaml:compose.tls.yaml"
+        else
+            https="# HTTPS is off: $domain did not resolve to this server when it was
+# provisioned. Point its DNS here, then uncomment (docs/https.md):
+# COMPOSE_FILE=compose.yaml:compose.tls.yaml"
+        fi
         put_file "$env" 600 "$user:$user" <<EOF
 # Production settings of $project, generated on this server by
 # scripts/provision. .env.example in the repository explains each variable.
@@ -254,8 +279,10 @@ APP_DB_PASSWORD=$(od -An -N20 -tx1 /dev/urandom | tr -d ' \n')
 
 SERVER_NAMES=$domain localhost
 HTTP_PORT=80
+
+$https
 EOF
-        changed "$env generated, with new secrets"
+        changed "$env generated, with new secrets; HTTPS $(grep -q '^COMPOSE_FILE=' "$env" && echo "on: $domain resolves here" || echo "off: $domain does not resolve here")"
     elif [ "$(stat -c '%a %U:%G' "$env")" != "600 $user:$user" ]; then
         chmod 600 "$env" && chown "$user:$user" "$env"
         changed "$env: mode 600, owned by $user"

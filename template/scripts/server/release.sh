@@ -74,6 +74,7 @@ cmd_rollback() {
 # server.sh go-live ACTION RELEASE SOURCE TIMEOUT KEEP: the detached half of
 # deploy and rollback (run_detached), holding the lock it inherited.
 cmd_go_live() {
+    # shellcheck disable=SC2034 # die and usage_error name it (common.sh)
     COMMAND=$1
     project_dir
     go_live "$@"

@@ -44,6 +44,7 @@ cmd_status() {
         say "serving   nothing: $answer"
         problems+=("/healthz does not answer through nginx")
     fi
+    https_status
     local previous newest
     previous=$(previous_release "$current")
     say "rollback  ${previous:-no earlier release}"
@@ -57,6 +58,22 @@ cmd_status() {
         local IFS=';'
         local joined="${problems[*]}"
         die "${joined//;/; }"
+    fi
+}
+
+# With HTTPS, the certificate's days left (scripts/cert-expiry fails under
+# 14, or with the placeholder); without, a warning (not a failure: HTTPS
+# needs DNS first).
+# Adds to the caller's problems.
+https_status() {
+    local report
+    if ! compose config --services | grep -qx certbot; then
+        say "https     off: warning, production serves plain HTTP (docs/https.md turns HTTPS on)"
+    elif report=$("$APP_DIR/scripts/cert-expiry" 2>&1); then
+        say "https     $report"
+    else
+        say "https     $report"
+        problems+=("the certificate needs attention: ${report%%$'\n'*}")
     fi
 }
 
