@@ -1,21 +1,84 @@
 """The development loop of a rendered project, as its README tells it: the dev
 stack on an unprivileged port that answers on 127.0.0.1, migrations made in
 the container landing on the host as the host user's files, debugpy listening,
-and pytest without its settings stopping with one line."""
+breakpoint() reaching pdb, and pytest without its settings stopping with one
+line. The render-level checks (no engine needed) come first."""
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import socket
 import subprocess
+from pathlib import Path
 
 import pytest
 import requests
 
 from conftest import FRAMEWORKS, Stack, free_port, prepare_images, render
 
-pytestmark = pytest.mark.docker
+
+def compose_config(project: Path, *files: str) -> dict:
+    """The stack as compose resolves it (needs the docker CLI only, no engine)."""
+    command = ["docker", "compose", *(arg for file in files for arg in ("-f", file)), "config"]
+    result = subprocess.run([*command, "--format", "json"], cwd=project, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    return json.loads(result.stdout)
+
+
+@pytest.fixture(scope="module", params=FRAMEWORKS)
+def project(request, tmp_path_factory) -> Path:
+    return render(tmp_path_factory.mktemp(request.param) / "project", framework=request.param)
+
+
+def env_values(path: Path) -> dict[str, str]:
+    lines = path.read_text().splitlines()
+    return dict(line.split("=", 1) for line in lines if line and not line.startswith("#"))
+
+
+def test_local_runs_use_an_unprivileged_port_and_servers_keep_80(project):
+    assert env_values(project / ".env")["HTTP_PORT"] == "8080"
+    assert env_values(project / ".env.example")["HTTP_PORT"] == "80"
+    # scripts/provision writes a server's .env itself.
+    assert "\nHTTP_PORT=80\n" in (project / "scripts/server/provision.sh").read_text()
+
+
+def test_only_development_answers_to_127_0_0_1(project):
+    production = compose_config(project, "compose.yaml")["services"]
+    development = compose_config(project, "compose.yaml", "compose.override.yaml")["services"]
+    names = development["nginx"]["environment"]["SERVER_NAMES"]
+    assert names.split() == ["example.com", "localhost", "127.0.0.1"]
+    assert "127.0.0.1" not in production["nginx"]["environment"]["SERVER_NAMES"].split()
+    if "SERVER_NAMES" in production["app"]["environment"]:  # Django checks the Host header too
+        assert development["app"]["environment"]["SERVER_NAMES"] == names
+
+
+def test_local_database_url_matches_the_compose_database(project):
+    """`uv run --env-file .env` expands the ${...} in .env, as compose does."""
+    env = env_values(project / ".env")
+    expanded = re.sub(r"\$\{(\w+)\}", lambda match: env[match.group(1)], env["DATABASE_URL"])
+    user, password, database = env["APP_DB_USER"], env["APP_DB_PASSWORD"], env["POSTGRES_DB"]
+    assert expanded == f"postgresql://{user}:{password}@127.0.0.1:5432/{database}"
+    published = compose_config(project, "compose.yaml", "compose.override.yaml")["services"]["db"]["ports"]
+    assert [(port["host_ip"], port["published"]) for port in published] == [("127.0.0.1", "5432")]
+
+
+def test_editor_files_point_at_the_dev_service(project):
+    # JSON with comments, as VS Code reads it.
+    def jsonc(path: Path):
+        lines = path.read_text().splitlines()
+        return json.loads("\n".join(line for line in lines if not line.strip().startswith("//")))
+
+    launch = jsonc(project / ".vscode/launch.json")["configurations"][0]
+    assert (launch["type"], launch["request"], launch["connect"]["port"]) == ("debugpy", "attach", 5678)
+    assert launch["pathMappings"] == [{"localRoot": "${workspaceFolder}", "remoteRoot": "/app"}]
+    container = jsonc(project / ".devcontainer/devcontainer.json")
+    files = [str(Path(".devcontainer", file)) for file in container["dockerComposeFile"]]
+    services = compose_config(project, *files)["services"]
+    assert services[container["service"]]["image"] == "my_app-dev"
+    assert services[container["service"]]["volumes"][0]["target"] == container["workspaceFolder"] == "/app"
+
 
 # A model added to the app, and the command the README gives for its migration.
 NEW_MODEL = {
@@ -34,6 +97,7 @@ MAKE_MIGRATION = {
 }
 
 
+@pytest.mark.docker
 @pytest.mark.parametrize("framework", FRAMEWORKS)
 def test_dev_loop(tmp_path, framework):
     project = render(tmp_path / "project", framework=framework)
@@ -65,12 +129,31 @@ def test_dev_loop(tmp_path, framework):
             "and run uv run --env-file .env pytest"
         ], output
 
+        # pdb by default: breakpoint() stops at a prompt on the container's terminal.
+        pdb = stack.compose(
+            "run",
+            "--rm",
+            "--no-deps",
+            "-T",
+            "app",
+            "python",
+            "-c",
+            "breakpoint(); print('went on')",
+            input="p 6 * 7\nc\n",
+            check=False,
+        )
+        assert pdb.returncode == 0 and "42" in pdb.stdout and "went on" in pdb.stdout, pdb.stdout + pdb.stderr
+
+        # With DEBUGPY=1 the development server runs under debugpy, listening for an editor.
+        stack.env["DEBUGPY"] = "1"
         stack.up()
         for host in ("127.0.0.1", "localhost"):
             response = requests.get(f"http://{host}:{stack.http_port}/healthz", timeout=10)
             assert response.status_code == 200 and response.json()["status"] == "ok", (host, response.text)
         with socket.create_connection(("127.0.0.1", ports["DEBUGPY_PORT"]), timeout=5):
-            pass  # debugpy listens for an editor to attach
+            pass
+        processes = stack.compose("exec", "-T", "app", "cat", "/proc/1/cmdline").stdout.split("\0")
+        assert processes[:3] == ["python", "-m", "debugpy"], processes
 
         with (project / "my_app" / "models.py").open("a") as models:
             models.write(NEW_MODEL[framework])
