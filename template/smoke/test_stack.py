@@ -32,10 +32,14 @@ def get(docker_services, docker_ip):
 
 def test_healthz_reports_the_release(get, settings):
     status, body = get("/healthz")
-    assert status == 200, body
-    assert body["status"] == "ok" and body["release"] == settings["APP_RELEASE"], body
+    print(f"/healthz: {body}")
+    release = settings["APP_RELEASE"]
+    assert (status, body.get("status"), body.get("release")) == (200, "ok", release), (
+        f"/healthz answered {status} {body}, expected status ok, release {release}"
+    )
 
 
 def test_readyz_reaches_the_database(get):
     status, body = get("/readyz")
-    assert status == 200, body
+    print(f"/readyz: {body}")
+    assert status == 200, f"/readyz answered {status} {body}"
