@@ -94,6 +94,26 @@ def zizmor(paths: list[Path], persona: str) -> list[tuple[str, str, str]]:
     ]  # fmt: skip
 
 
+def test_dependabot_configs_pass_githubs_schema_and_cover_each_ecosystem(project):
+    paths = [project / ".github" / "dependabot.yml", ROOT / ".github" / "dependabot.yml"]
+    result = subprocess.run(
+        [str(Path(sys.executable).parent / "check-jsonschema"), "--builtin-schema", "vendor.dependabot",
+         *map(str, paths)],
+        capture_output=True, text=True,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stdout + result.stderr
+    rendered, template = (
+        {u["package-ecosystem"]: u for u in yaml.safe_load(p.read_text())["updates"]} for p in paths
+    )
+    # The project's actions, Python packages (uv.lock), Dockerfile and compose images.
+    assert set(rendered) == {"github-actions", "uv", "docker", "docker-compose"}
+    # A new Python or PostgreSQL version comes from the answers, with its own steps, never from a bump.
+    ignored = {(e, rule["dependency-name"]) for e, u in rendered.items() for rule in u.get("ignore", [])}
+    assert ignored == {("docker", "python"), ("docker-compose", "postgres")}
+    assert set(template) == {"pip", "github-actions"} and template["pip"]["directory"] == "/tests"
+    assert (ROOT / "tests" / "requirements.txt").is_file()
+
+
 # The regular persona, and the auditor's (every audit, pedantic ones included).
 @pytest.mark.parametrize("persona", ["regular", "auditor"])
 @pytest.mark.parametrize("where", ["rendered", "template"])
@@ -140,7 +160,8 @@ def test_third_party_actions_are_pinned_to_a_commit_with_the_version_in_a_commen
 
 # Jobs that need more than reading the code, and exactly what they get.
 EXTRA_PERMISSIONS = {
-    ("deploy.yml", "image"): {"contents": "read", "packages": "write"},
+    ("ci.yml", "build"): {"contents": "read", "packages": "write"},
+    ("deploy.yml", "ci"): {"contents": "read", "packages": "write"},
     ("template-update.yml", "pull-request"): {"contents": "write", "pull-requests": "write"},
 }
 
@@ -154,12 +175,10 @@ def test_permissions_are_read_only_but_where_a_job_needs_more(project):
             assert job.get("permissions") == EXTRA_PERMISSIONS.get((path.name, name)), (
                 f"{path.name}: job {name}"
             )
-    # Pushing the image is what needs packages: write.
-    image = load(workflows(project)["deploy.yml"])["jobs"]["image"]
-    assert any(
-        step.get("uses", "").startswith("docker/build-push-action@") and step["with"]["push"] is True
-        for step in image["steps"]
-    )
+    # Pushing the tested image is what needs packages: write, and only deploy.yml asks for it.
+    build = load(workflows(project)["ci.yml"])["jobs"]["build"]
+    push = next(step for step in build["steps"] if step.get("id") == "push")
+    assert push["if"] == "inputs.push" and push["run"].startswith('docker push "$IMAGE"\n')
 
 
 def test_no_secret_or_expression_is_expanded_inside_a_shell_script(project):
@@ -183,7 +202,8 @@ def test_ci_jobs_call_the_projects_nox_sessions(project):
     ci = load(workflows(project)["ci.yml"])
     called = {}
     for job, step in steps(ci):
-        if "run" in step:
+        # Pushing the image once it passed (deploy.yml): the one step that is not a check.
+        if "run" in step and step.get("id") != "push":
             match = re.fullmatch(r"uvx nox -s (\w+)(?: -- .*)?", step["run"].strip())
             assert match, f"job {job} runs something other than a nox session: {step['run']}"
             called[job] = match.group(1)
@@ -196,7 +216,14 @@ def test_ci_jobs_call_the_projects_nox_sessions(project):
 def test_ci_triggers_and_postgres_service_follow_the_answer(project):
     answers = yaml.safe_load((project / ".copier-answers.yml").read_text())
     ci = load(workflows(project)["ci.yml"])
-    assert {"push", "pull_request", "workflow_call"} <= set(ci["on"])
+    # Once per change: a push to a pull request's branch runs the pull request's
+    # CI only, and a push to main runs it through deploy.yml.
+    assert set(ci["on"]) == {"pull_request", "workflow_dispatch", "workflow_call"}
+    assert ci["on"]["workflow_call"]["inputs"]["push"] == {
+        "description": ci["on"]["workflow_call"]["inputs"]["push"]["description"],
+        "type": "boolean",
+        "default": False,
+    }
     tests = ci["jobs"]["tests"]
     service = tests["services"]["postgres"]
     assert service["image"] == f"postgres:{answers['postgres_version']}"
@@ -212,23 +239,52 @@ def test_ci_triggers_and_postgres_service_follow_the_answer(project):
     assert "SECRET_KEY" not in tests["env"], "nox -s tests makes a strong throwaway one"
 
 
-def test_ci_builds_with_buildx_and_the_gha_cache_then_smoke_tests_that_image(project):
+def test_ci_builds_once_smoke_tests_that_image_then_pushes_it(project):
     answers = yaml.safe_load((project / ".copier-answers.yml").read_text())
-    build = load(workflows(project)["ci.yml"])["jobs"]["build"]
+    ci = load(workflows(project)["ci.yml"])
+    build = ci["jobs"]["build"]
     uses = [step.get("uses", "").split("@")[0] for step in build["steps"]]
+    assert uses.index("docker/metadata-action") < uses.index("docker/build-push-action")
     assert uses.index("docker/setup-buildx-action") < uses.index("docker/build-push-action")
+    assert uses.count("docker/build-push-action") == 1
+    meta = next(s for s in build["steps"] if s.get("uses", "").startswith("docker/metadata-action@"))
+    assert meta["id"] == "meta" and meta["with"]["images"] == "ghcr.io/${{ github.repository }}"
+    # The tag is the full commit SHA, the release id the image carries; never `latest`.
+    assert meta["with"]["tags"] == "type=sha,format=long,prefix=" and meta["with"]["flavor"] == "latest=false"
     options = next(
         s["with"] for s in build["steps"] if s.get("uses", "").startswith("docker/build-push-action@")
     )
     assert options["cache-from"] == "type=gha" and options["cache-to"].startswith("type=gha")
     assert options["load"] is True and options.get("push") is not True
-    # The smoke test runs the image compose.yaml names: PROJECT:$APP_RELEASE.
-    assert options["tags"] == f"{answers['project_slug']}:${{{{ github.sha }}}}"
+    assert options["labels"] == "${{ steps.meta.outputs.labels }}"
+    # Under the registry name, and under the one compose.yaml runs (PROJECT:$APP_RELEASE) for the smoke test.
+    assert options["tags"].splitlines() == [
+        "${{ steps.meta.outputs.tags }}",
+        f"{answers['project_slug']}:${{{{ github.sha }}}}",
+    ]
     assert build["env"]["APP_RELEASE"] == "${{ github.sha }}"
-    assert build["steps"][-1]["run"] == "uvx nox -s smoke -- --no-build"
+    # The smoke test, then (for deploy.yml only) the push of that same image, not a rebuild.
+    runs = [(step.get("id"), step.get("if"), step["run"]) for step in build["steps"] if "run" in step]
+    assert runs[0] == (None, None, "uvx nox -s smoke -- --no-build")
+    assert runs[1][:2] == ("push", "inputs.push") and len(runs) == 2
+    login = next(s for s in build["steps"] if s.get("uses", "").startswith("docker/login-action@"))
+    assert login["if"] == "inputs.push" and login["with"]["registry"] == "ghcr.io"
+    assert uses.index("docker/login-action") > uses.index("docker/build-push-action")
+    push = build["steps"][-1]
+    assert push["id"] == "push" and push["env"]["IMAGE"] == "${{ steps.meta.outputs.tags }}"
+    assert 'echo "image=$IMAGE" >> "$GITHUB_OUTPUT"' in push["run"] and "digest=" in push["run"]
+    assert build["outputs"] == {
+        "image": "${{ steps.push.outputs.image }}",
+        "digest": "${{ steps.push.outputs.digest }}",
+    }
+    outputs = ci["on"]["workflow_call"]["outputs"]
+    assert {name: output["value"] for name, output in outputs.items()} == {
+        "image": "${{ jobs.build.outputs.image }}",
+        "digest": "${{ jobs.build.outputs.digest }}",
+    }
 
 
-def test_deploy_is_serialised_gated_and_ships_an_immutable_tag(project):
+def test_deploy_is_serialised_gated_and_ships_the_image_ci_tested(project):
     deploy_path = workflows(project)["deploy.yml"]
     deploy = load(deploy_path)
     assert set(deploy["on"]) == {"push", "workflow_dispatch"}
@@ -237,25 +293,20 @@ def test_deploy_is_serialised_gated_and_ships_an_immutable_tag(project):
     assert "${{" not in deploy["concurrency"]["group"], "one group for every run, whatever the ref"
 
     jobs = deploy["jobs"]
-    assert jobs["ci"]["uses"] == "./.github/workflows/ci.yml"
-    assert jobs["image"]["needs"] == "ci" and jobs["deploy"]["needs"] == "image"
-
-    # The image is tagged with the full commit SHA, and that tag is what is pushed and deployed.
-    name_step = next(s for s in jobs["image"]["steps"] if s.get("id") == "name")
-    assert re.search(r"image=ghcr\.io/\$\{GITHUB_REPOSITORY,,\}:\$\{GITHUB_SHA\}\"", name_step["run"])
-    push = next(
-        s["with"] for s in jobs["image"]["steps"] if s.get("uses", "").startswith("docker/build-push-action@")
-    )
-    assert push["push"] is True and push["tags"] == "${{ steps.name.outputs.image }}"
-    assert jobs["image"]["outputs"]["image"] == "${{ steps.name.outputs.image }}"
-    assert not re.search(r":latest\b", deploy_path.read_text())
+    assert set(jobs) == {"ci", "deploy"}
+    assert jobs["ci"]["uses"] == "./.github/workflows/ci.yml" and jobs["ci"]["with"] == {"push": True}
+    assert jobs["deploy"]["needs"] == "ci"
+    # Built once, in CI: nothing here builds or pushes an image.
+    text = deploy_path.read_text()
+    assert "docker/build-push-action" not in text and "docker build" not in text and "docker push" not in text
+    assert not re.search(r":latest\b", text)
 
     job = jobs["deploy"]
     assert job["environment"]["name"] == "production"
     assert job["if"] == "github.ref == 'refs/heads/main'"
     run = next(s for s in job["steps"] if "scripts/deploy" in s.get("run", ""))
     assert run["run"] == 'scripts/deploy "$DEPLOY_HOST" "$IMAGE"'
-    assert run["env"]["IMAGE"] == "${{ needs.image.outputs.image }}"
+    assert run["env"]["IMAGE"] == "${{ needs.ci.outputs.image }}"
 
 
 def test_the_host_key_is_pinned_and_never_trusted_blindly(project):
