@@ -275,3 +275,42 @@ def test_every_user_command_has_help(project):
         )
         assert result.returncode == 0, f"{command.name} --help: {result.stderr}"
         assert "Usage" in result.stdout or "usage" in result.stdout, f"{command.name} --help prints no usage"
+
+
+def test_files_follow_the_editorconfig(project):
+    config = (project / ".editorconfig").read_text()
+    for setting in (
+        "charset = utf-8",
+        "end_of_line = lf",
+        "insert_final_newline = true",
+        "indent_style = space",
+    ):
+        assert setting in config
+    for path in rendered_files(project):
+        data = path.read_bytes()
+        text = data.decode("utf-8")
+        assert b"\r" not in data and text.endswith("\n"), path
+        assert not re.search(r"^\t", text, re.MULTILINE), f"{path} is indented with tabs"
+
+
+def test_pre_commit_runs_the_ci_linters_at_the_ci_versions(project):
+    """pre-commit validates the file; its pins are those CI uses (uv.lock's ruff, noxfile.py's hadolint)."""
+    result = subprocess.run(
+        [str(Path(sys.executable).parent / "pre-commit"), "validate-config", ".pre-commit-config.yaml"],
+        cwd=project, capture_output=True, text=True,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stdout + result.stderr
+    config = yaml.safe_load((project / ".pre-commit-config.yaml").read_text())
+    hooks = {hook["id"]: hook for repo in config["repos"] for hook in repo["hooks"]}
+    assert set(hooks) == {"ruff-check", "ruff-format", "shellcheck", "hadolint"}
+    lock = (project / "uv.lock").read_text()
+    ruff = re.search(r'^name = "ruff"\nversion = "([^"]+)"', lock, re.MULTILINE).group(1)
+    hadolint = re.search(r'^HADOLINT = "([^"]+)"', (project / "noxfile.py").read_text(), re.MULTILINE).group(
+        1
+    )
+    assert hooks["ruff-check"]["additional_dependencies"] == [f"ruff=={ruff}"]
+    assert hooks["ruff-format"]["additional_dependencies"] == [f"ruff=={ruff}"]
+    assert hooks["hadolint"]["additional_dependencies"] == [hadolint]
+    assert hooks["hadolint"]["entry"] == "hadolint --config .hadolint.yaml"
+    # Extensionless scripts are found by their shebang: the same set the shellcheck test checks.
+    assert hooks["shellcheck"]["types"] == ["shell"]
