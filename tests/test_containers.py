@@ -29,17 +29,19 @@ from conftest import FRAMEWORKS, Stack, booted, render
 #     and starts its workers as that user (SETGID, SETUID); port 80 needs
 #     nothing, Docker lets containers bind low ports.
 # app, migrate: run as UID 10001 and need none.
+# edge: holds nginx's ports and networks, asleep as nobody: none.
 CAPABILITIES = {
     "db": {"CHOWN", "DAC_READ_SEARCH", "FOWNER", "SETGID", "SETUID"},
     "migrate": set(),
     "app": set(),
+    "edge": set(),
     "nginx": {"CHOWN", "SETGID", "SETUID"},
 }
-READ_ONLY = {"migrate", "app", "nginx"}
+READ_ONLY = {"migrate", "app", "edge", "nginx"}
 MiB = 1024 * 1024
 # The defaults of compose.yaml's limits; .env.example documents the knobs.
-MEMORY = {"db": 512 * MiB, "migrate": 512 * MiB, "app": 512 * MiB, "nginx": 128 * MiB}
-PIDS = {"db": 256, "migrate": 256, "app": 256, "nginx": 128}
+MEMORY = {"db": 512 * MiB, "migrate": 512 * MiB, "app": 512 * MiB, "edge": 16 * MiB, "nginx": 128 * MiB}
+PIDS = {"db": 256, "migrate": 256, "app": 256, "edge": 8, "nginx": 128}
 # The same rotation scripts/provision writes to the engine's daemon.json.
 LOG_OPTIONS = {"max-size": "10m", "max-file": "5"}
 # What `docker inspect` shows of it, under HostConfig.
@@ -139,6 +141,7 @@ def test_limits_follow_the_env_knobs(project):
         "app": (300 * MiB, 99),
         "migrate": (300 * MiB, 99),
         "db": (1024 * MiB, 150),
+        "edge": (16 * MiB, 8),
         "nginx": (64 * MiB, 40),
     }
 

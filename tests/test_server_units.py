@@ -166,9 +166,9 @@ def test_the_switch_keeps_new_containers_off_nginx_until_healthy(server):
     server.releases_log(("deploy", "A"))
     server.rules = [
         *SWITCH,
-        (r"service=nginx .*status=running", "nginx1\n", 0),
+        (r"service=edge .*status=running", "edge1\n", 0),
         (r"^inspect --format \{\{range .*Networks.* new1$", "shop_web shop_backend \n", 0),
-        (r"^inspect --format \{\{range .*Networks.* nginx1$", "shop_web \n", 0),
+        (r"^inspect --format \{\{range .*Networks.* edge1$", "shop_web \n", 0),
         (r"^inspect --format \{\{\.State\.Status", "running healthy 0\n", 0),
         (r"^inspect --format \{\{\.Name\}\} new1$", "/shop-app-2\n", 0),
     ]

@@ -112,6 +112,7 @@ go_live() {
         record_release "$action" "$release" "$source"
     fi
     refresh_nginx
+    refresh_services
     check_nginx_serves "$release"
     prune_images "$keep"
     step "$release serves"
@@ -219,13 +220,14 @@ switch() {
     docker rm "${old[@]}" >/dev/null
 }
 
-# The networks CONTAINER shares with nginx: where nginx finds the app.
+# The networks CONTAINER shares with nginx (whose networks are edge's, see
+# compose.yaml): where nginx finds the app.
 proxy_networks() {
-    local nginx network
-    nginx=$(containers nginx running | head -n 1)
-    [ -n "$nginx" ] || return 0
+    local edge network
+    edge=$(containers edge running | head -n 1)
+    [ -n "$edge" ] || return 0
     for network in $(container_networks "$1"); do
-        [[ " $(container_networks "$nginx") " != *" $network "* ]] || echo "$network"
+        [[ " $(container_networks "$edge") " != *" $network "* ]] || echo "$network"
     done
 }
 
@@ -293,23 +295,58 @@ check_nginx_serves() {
     done
 }
 
-# nginx's container is recreated (or restarted) only when its configuration
-# changed: a second or so of refused connections, hence not on every deploy.
+# nginx follows its configuration (compose files, nginx/) and its image
+# without a gap: replace_nginx. Only a change to edge, which holds the
+# published ports (HTTPS turned on adds 443), needs both recreated: a second
+# or so of refused connections, hence only then.
 refresh_nginx() {
-    local container sum
+    local container edge sum image old
     container=$(containers nginx running | head -n 1)
+    edge=$(containers edge running | head -n 1)
     sum=$( (find nginx -type f -print0 2>/dev/null || true) | sort -z | xargs -0 cat | sha256sum | cut -c1-64)
-    if [ -z "$container" ]; then
-        step "nginx is not running: starting it"
-        quietly compose up --detach --wait --no-build nginx || die "nginx did not start healthy: see scripts/logs"
-    elif [ "$(config_hash "$container")" != "$(wanted_config_hash nginx)" ]; then
-        step "compose.yaml changed nginx: recreating it"
-        quietly compose up --detach --wait --no-build nginx || die "nginx did not come back healthy: see scripts/logs"
-    elif [ -f .nginx.sum ] && [ "$(cat .nginx.sum)" != "$sum" ]; then
-        step "nginx's configuration changed: restarting nginx"
-        quietly compose restart nginx || die "nginx did not restart: see scripts/logs"
+    if [ -z "$container" ] || [ -z "$edge" ] || [ "$(config_hash "$edge")" != "$(wanted_config_hash edge)" ]; then
+        step "starting nginx and the ports it serves"
+        quietly compose up --detach --wait --no-build edge nginx || die "nginx did not start healthy: see scripts/logs"
+    else
+        image=$(docker inspect --format '{{.Config.Image}}' "$container")
+        old=$(docker inspect --format '{{.Image}}' "$container")
+        if [ "$old" != "$(image_id "$image")" ]; then
+            step "a newer $image build is here: a new nginx takes over"
+            if ! replace_nginx; then
+                docker tag "$old" "$image"
+                die "the newer $image build never turned healthy: the old nginx keeps serving, and $image names it again"
+            fi
+        elif [ "$(config_hash "$container")" != "$(wanted_config_hash nginx)" ] ||
+            { [ -f .nginx.sum ] && [ "$(cat .nginx.sum)" != "$sum" ]; }; then
+            step "nginx's configuration changed: a new nginx takes over"
+            replace_nginx || die "the new configuration never turned healthy: the old nginx keeps serving"
+        fi
     fi
     echo "$sum" >.nginx.sum
+}
+
+# A second nginx starts in edge's network namespace, on the same ports
+# (reuseport), from the compose files, nginx/ and image as they are now. Once
+# it is healthy the old one stops: SIGQUIT, nginx's graceful stop, finishes
+# what it serves, and the kernel hands the connections still queued on its
+# socket to the new one (edge's tcp_migrate_req). One that never turns
+# healthy is removed, and the old one serves on.
+replace_nginx() {
+    local old new failure
+    mapfile -t old < <(containers nginx running)
+    quietly compose up --detach --no-deps --no-recreate --no-build --scale "nginx=$((${#old[@]} + 1))" nginx ||
+        return 1
+    mapfile -t new < <(containers nginx running | grep -vxF -f <(printf '%s\n' "${old[@]}"))
+    [ ${#new[@]} -gt 0 ] || return 1
+    if ! failure=$(wait_healthy 120 "${new[@]}"); then
+        say "    the new nginx: $failure; last lines of its log:"
+        docker logs --tail 10 "${new[0]}" 2>&1 | indent | indent
+        docker rm --force "${new[@]}" >/dev/null
+        return 1
+    fi
+    docker stop "${old[@]}" >/dev/null
+    docker rm "${old[@]}" >/dev/null
+    say "    the new nginx serves; the old one finished and stopped"
 }
 
 # The releases whose images stay: the current one and the KEEP-1 newest
