@@ -25,7 +25,8 @@ step it starts from did not run):
   rollback          back to relB, under load; then: relB's own stylesheet
   restore           the rows of the backup; then: a truncated dump refused
 
-tests/test_deploy_interrupted.py goes on from there, on the same VPS.
+tests/test_deploy_images.py, then tests/test_deploy_interrupted.py go on
+from there, on the same VPS.
 """
 
 from __future__ import annotations

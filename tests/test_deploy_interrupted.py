@@ -1,6 +1,7 @@
 """A deploy cut short, for real: the scenario of tests/test_deploy.py goes on
 here, on the same VPS (tests/deployscenario.py), from the Flask site that
-its restore step left serving release relB.
+its restore step left serving release relB (and tests/test_deploy_images.py
+left on a newer nginx build).
 
 The laptop's side of a deploy may die at the worst moment, while both
 releases answer and nginx is about to drop the old one: the server's run goes
@@ -122,7 +123,7 @@ def kill_ssh(vps: Vps) -> Callable[[subprocess.Popen], None]:
 
 def test_killing_the_ssh_client_mid_switch_leaves_one_release(vps, project, scenario):
     """Starts from relB serving; relA's image is uploaded again (pruned)."""
-    scenario.starts_after("restore")
+    scenario.starts_after("images refreshed")
     result = survives(vps, project, scenario.rel_b, "relA", ["deploy", "vps", "relA"], kill_ssh(vps))
     assert "lost the SSH connection" in reason(result), result.stderr
     assert "goes on there: scripts/status vps shows how it ended" in reason(result)

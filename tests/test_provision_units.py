@@ -317,3 +317,19 @@ def test_https_is_on_from_the_start_when_the_domain_resolves_here(
     assert ("# COMPOSE_FILE=compose.yaml:compose.tls.yaml" in lines) is not https
     state = "on: example.com resolves here" if https else "off: example.com does not resolve here"
     assert f"generated, with new secrets; HTTPS {state}" in result.stdout
+
+
+def test_unattended_upgrades_covers_dockers_repository_when_the_engine_comes_from_it(server, tmp_path):
+    apt = tmp_path / "apt"
+    (apt / "apt.conf.d").mkdir(parents=True)
+    (apt / "sources.list.d").mkdir()
+    call = f"APT_ETC={apt} provision_docker_updates"
+    conf = apt / "apt.conf.d" / "51unattended-upgrades-docker"
+
+    assert server.call(AS_ANYONE + call).returncode == 0
+    assert not conf.exists(), "the distribution's engine: its updates are already covered"
+
+    (apt / "sources.list.d" / "docker.sources").write_text("URIs: https://download.docker.com/linux/debian\n")
+    assert "changed  unattended-upgrades covers" in server.call(AS_ANYONE + call).stdout
+    assert 'Unattended-Upgrade::Origins-Pattern { "origin=Docker,label=Docker CE"; };' in conf.read_text()
+    assert "ok       unattended-upgrades covers" in server.call(AS_ANYONE + call).stdout

@@ -96,10 +96,11 @@ class Vps:
         return self.ssh("root", "journalctl --no-pager -n 80", check=False).stdout
 
 
-def push_to_a_registry_on(vps: Vps, image: str, registry_dir: Path) -> None:
-    """Push IMAGE to a registry inside the VPS, published on its loopback as
-    127.0.0.1:5000 (where the server pulls from), through an SSH tunnel."""
-    registry_image = f"{image.partition(':')[0]}-registry"
+def push_to_a_registry_on(vps: Vps, image: str, registry_dir: Path, name: str = "") -> None:
+    """Push IMAGE (as NAME, if given) to a registry inside the VPS, published
+    on its loopback as 127.0.0.1:5000 (where the server pulls from), through
+    an SSH tunnel."""
+    registry_image = "template-test-registry"
     prepare_images(registry_dir)
     run("docker", "build", "--quiet", "--tag", registry_image, str(registry_dir))
     save = subprocess.Popen(["docker", "save", registry_image], stdout=subprocess.PIPE)
@@ -113,7 +114,7 @@ def push_to_a_registry_on(vps: Vps, image: str, registry_dir: Path) -> None:
         ["ssh", "-F", str(vps.ssh_config), "-N", "-L", forward, "deploy@vps"],
         stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )  # fmt: skip
-    pushed = f"127.0.0.1:{local_port}/{image}"
+    pushed = f"127.0.0.1:{local_port}/{name or image}"
     try:
         deadline = time.monotonic() + 30
         while True:

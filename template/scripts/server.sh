@@ -8,7 +8,7 @@
 #   server/common.sh      output, the project's directory, compose, the lock
 #   server/release.sh     deploy and rollback: the release step, the switch
 #   server/incoming.sh    a deploy's stream from scripts/deploy, run detached
-#   server/images.sh      images: missing ones, tag, pull
+#   server/images.sh      images: missing ones, tag, pull, newer builds
 #   server/data.sh        backup and restore
 #   server/status.sh      status and releases (read-only)
 #   server/provision.sh   provision, as root (with server/hardening.sh)
@@ -38,6 +38,7 @@ The server side of the deploy scripts: they run it over SSH as
   missing-images                images compose.yaml needs that are not here
   tag IMAGE RELEASE             name IMAGE <project>:RELEASE
   pull IMAGE RELEASE            pull IMAGE, then name it <project>:RELEASE
+  refresh-images [--postgres]   newer builds of nginx, certbot (and postgres)
   backup                        pg_dump into backups/, keeping BACKUP_KEEP (14)
   restore FILE                  pg_restore FILE (in backups/) into the database
   status                        release, health, what nginx serves
@@ -67,6 +68,7 @@ main() {
         missing-images) cmd_missing_images ;;
         tag) cmd_tag "$@" ;;
         pull) cmd_pull "$@" ;;
+        refresh-images) cmd_refresh_images "$@" ;;
         backup) cmd_backup "$@" ;;
         restore) cmd_restore "$@" ;;
         status) cmd_status ;;

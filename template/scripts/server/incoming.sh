@@ -64,25 +64,30 @@ cmd_apply() {
     # The modules in memory came from the stage, now moved in place.
     SERVER_HOME=$APP_DIR/scripts
     [ -z "$pull" ] || cmd_pull "$pull" "$release"
+    step "newer builds of the other images, where a registry answers"
+    pull_images
     require_image "$release" "image $PROJECT:$release is not on this server"
     go_live deploy "$release" "$source" "$timeout" "$keep"
 }
 
-# Swap each file and directory staged in STAGE for the one in APP_DIR: a
-# directory is replaced whole, so a file removed from the project goes too.
-# Inside the lock, and renames only: moments, not the upload's minutes.
+# Each file staged in STAGE replaces its live copy by a rename (bash running
+# the old server.sh keeps reading the old one), into the live directories:
+# those bind-mounted into running containers (db/, nginx/templates/) then
+# show the new files. What the release no longer has goes from the
+# directories it ships. Inside the lock: moments, not the upload's minutes.
 install_staged() {
-    local stage=$1 path name
+    local stage=$1 shipped live file top
     step "putting the release's files in place: $(cd "$stage" && echo *)"
-    for path in "$stage"/* "$stage"/.[!.]*; do
-        [ -e "$path" ] || continue
-        name=${path##*/}
-        rm -rf ".old-$name"
-        [ ! -e "$name" ] || mv "$name" ".old-$name"
-        mv "$path" "$name"
-        rm -rf ".old-$name"
+    shipped=$(cd "$stage" && find . ! -type d | sort)
+    (cd "$stage" && find . -mindepth 1 -type d) | while read -r file; do mkdir -p "$file"; done
+    while read -r file; do
+        mv -f "$stage/$file" "$file"
+    done <<<"$shipped"
+    for top in $(cd "$stage" && find . -mindepth 1 -maxdepth 1 -type d); do
+        live=$(find "$top" ! -type d | sort)
+        comm -23 <(echo "$live") <(echo "$shipped") | while read -r file; do rm -f "$file"; done
     done
-    rmdir "$stage"
+    rm -rf "$stage"
 }
 
 # run_detached ACTION RELEASE COMMAND [ARG...]: run server.sh COMMAND in a

@@ -129,6 +129,7 @@ EOF
     else
         unchanged "unattended-upgrades runs daily"
     fi
+    provision_docker_updates
 
     step "swap"
     provision_swap "$swap"
@@ -136,10 +137,33 @@ EOF
     step "$app_dir"
     provision_app_dir "$project" "$domain" "$user" "$app_dir" "$env_file" "$address"
 
-    step "daily backup"
-    provision_backup_timer "$project" "$user" "$app_dir"
+    step "timers: daily backup, weekly image refresh"
+    provision_timers "$project" "$user" "$app_dir"
 
     step "provision: $CHANGES changed"
+}
+
+# Docker's engine from its own apt repository (provision_docker): its
+# security fixes come from there, which unattended-upgrades' default origins
+# (the distribution's) leave out. live-restore keeps containers running while
+# an upgraded engine restarts.
+provision_docker_updates() {
+    local apt=${APT_ETC:-/etc/apt} # another directory in the unit tests
+    local file=$apt/apt.conf.d/51unattended-upgrades-docker
+    if [ -f "$apt/sources.list.d/docker.sources" ]; then
+        if put_file "$file" 644 root:root <<'EOF'; then
+// Written by scripts/provision: the Docker engine comes from Docker's apt
+// repository; install its updates too.
+Unattended-Upgrade::Origins-Pattern { "origin=Docker,label=Docker CE"; };
+EOF
+            changed "unattended-upgrades covers Docker's apt repository"
+        else
+            unchanged "unattended-upgrades covers Docker's apt repository"
+        fi
+    elif [ -f "$file" ]; then
+        rm -f "$file"
+        changed "$file removed (the engine comes from the distribution)"
+    fi
 }
 
 # Docker's own apt repository (docker-ce, docker-compose-plugin) is what
@@ -304,31 +328,47 @@ EOF
     done
 }
 
-provision_backup_timer() {
-    local project=$1 user=$2 app_dir=$3 unit=$1-backup units_changed=false
+provision_timers() {
+    local project=$1 user=$2 app_dir=$3
+    provision_timer "$project-backup" "$user" "daily, keeps 14 dumps" "*-*-* 03:00:00" \
+        "$app_dir/scripts/server.sh backup" "Back up the $project database (pg_dump into $app_dir/backups)" \
+        "# How many dumps to keep in $app_dir/backups.
+Environment=BACKUP_KEEP=14"
+    # Images other than the app's get their fixes from newer builds of their
+    # tags: nginx and certbot switch to them on their own, behind the health
+    # gate; the database waits for scripts/refresh-images --postgres.
+    provision_timer "$project-refresh-images" "$user" "weekly, newer nginx and certbot builds" \
+        "Sun *-*-* 04:00:00" "$app_dir/scripts/server.sh refresh-images" \
+        "Pull newer builds of $project's nginx and certbot images, and switch to them"
+}
+
+# provision_timer UNIT USER SUMMARY CALENDAR COMMAND DESCRIPTION [LINES]: a
+# systemd service that runs COMMAND as USER (LINES added to its [Service]),
+# started at CALENDAR times by its timer.
+provision_timer() {
+    local unit=$1 user=$2 summary=$3 calendar=$4 command=$5 description=$6 lines=${7:-} units_changed=false
     if put_file "/etc/systemd/system/$unit.service" 644 root:root <<EOF; then
 [Unit]
-Description=Back up the $project database (pg_dump into $app_dir/backups)
+Description=$description
 After=docker.service
 Requires=docker.service
 
 [Service]
 Type=oneshot
 User=$user
-# How many dumps to keep in $app_dir/backups.
-Environment=BACKUP_KEEP=14
-ExecStart=$app_dir/scripts/server.sh backup
+${lines:+$lines
+}ExecStart=$command
 EOF
         units_changed=true
     fi
     if put_file "/etc/systemd/system/$unit.timer" 644 root:root <<EOF; then
 [Unit]
-Description=Daily backup of the $project database
+Description=$summary: $unit.service
 
 [Timer]
-OnCalendar=*-*-* 03:00:00
+OnCalendar=$calendar
 RandomizedDelaySec=30m
-# Catch up on a backup missed while the server was off.
+# Catch up on a run missed while the server was off.
 Persistent=true
 
 [Install]
@@ -341,7 +381,7 @@ EOF
         changed "$unit.service and $unit.timer"
     fi
     if systemctl is-enabled --quiet "$unit.timer" && systemctl is-active --quiet "$unit.timer"; then
-        unchanged "$unit.timer: daily, keeps 14 dumps"
+        unchanged "$unit.timer: $summary"
     else
         systemctl enable --now "$unit.timer" >/dev/null 2>&1
         changed "$unit.timer enabled"
