@@ -8,9 +8,9 @@ import pytest
 
 
 @pytest.fixture(scope="session")
-def get(docker_services, docker_ip):
+def get(docker_services, docker_ip, settings):
     """GET a path through nginx, as localhost (a name nginx serves), once it answers."""
-    port = docker_services.port_for("nginx", 80)
+    port = settings["HTTP_PORT"]
 
     def get(path: str) -> tuple[int, dict]:
         request = urllib.request.Request(
