@@ -105,11 +105,10 @@ def scripts_reference(project: Path) -> str:
     return "\n".join(sections)
 
 
-def questions_reference() -> str:
-    """Every question copier asks, with its help, default and choices."""
+def questions_reference(project: Path) -> str:
+    """Every question copier asks, with its help, default and choices (as the project got them)."""
     questions = yaml.safe_load((ROOT / "copier.yml").read_text())
-    with tempfile.TemporaryDirectory() as tmp:
-        answers = yaml.safe_load((render(Path(tmp), "flask") / ".copier-answers.yml").read_text())
+    answers = yaml.safe_load((project / ".copier-answers.yml").read_text())
     sections = []
     for name, spec in questions.items():
         if name.startswith("_") or spec.get("when") is False:
@@ -268,7 +267,7 @@ def assemble(projects: dict[str, Path], pages: Path = PAGES) -> Path:
     shutil.copytree(SOURCE, pages)
     flask = projects["flask"]
     generated = {
-        "questions": questions_reference(),
+        "questions": questions_reference(flask),
         "environment": environment_reference(projects),
         "scripts": scripts_reference(flask),
         "errors": errors_reference(flask),
