@@ -69,10 +69,9 @@ def pebble_overlay(project: Path) -> None:
                         "volumes": ["./pebble:/pebble:ro"],
                         "depends_on": ["pebble"],
                     },
-                    "nginx": {
-                        "environment": {"CERT_CHECK_INTERVAL": "1"},
-                        "networks": {"acme": {"aliases": [DOMAIN]}},
-                    },
+                    "nginx": {"environment": {"CERT_CHECK_INTERVAL": "1"}},
+                    # nginx's networks are edge's (compose.yaml).
+                    "edge": {"networks": {"acme": {"aliases": ["nginx", DOMAIN]}}},
                 }
             },
             sort_keys=False,
@@ -386,10 +385,12 @@ def test_tls_mode_renders_a_valid_compose_config(tmp_path, framework):
     assert result.returncode == 0, result.stderr
     config = json.loads(result.stdout)
     services = config["services"]
-    assert set(services) == {"db", "migrate", "app", "nginx", "certbot"}
+    assert set(services) == {"db", "migrate", "app", "edge", "nginx", "certbot"}
     assert services["app"]["image"] == "my_app:dev", "the development override must not load"
     assert services["app"]["environment"]["HTTPS_ENABLED"] == "true"
-    assert sorted(port["target"] for port in services["nginx"]["ports"]) == [80, 443]
+    # nginx serves on edge's ports (compose.yaml).
+    assert services["nginx"]["network_mode"] == "service:edge"
+    assert sorted(port["target"] for port in services["edge"]["ports"]) == [80, 443]
     assert services["nginx"]["depends_on"]["certbot"]["condition"] == "service_healthy"
     assert "web" not in services["certbot"].get("networks", {}), "only nginx may reach the app"
     # Production renewal as before the settings existed: twice a day, when certbot says.
