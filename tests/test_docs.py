@@ -162,3 +162,13 @@ def test_hand_written_pages_name_only_commands_files_and_variables_that_exist(pa
             if span.rstrip("/") not in known and not (ROOT / span).exists():
                 problems.append(f"no file {span} in a rendered project or the repository")
     assert problems == []
+
+
+def test_the_troubleshooting_advice_is_for_messages_the_scripts_still_print(projects):
+    """Each situation the page explains by hand quotes a message of the scripts (HOST and ... for values)."""
+    messages = [m for found in docs.failure_messages(projects["flask"]).values() for m in found]
+    terms = re.findall(r"^`([^`]+)`\n:   ", (docs.SOURCE / "troubleshooting.md").read_text(), re.M)
+    assert len(terms) >= 5
+    for term in terms:
+        pattern = ".*".join(re.escape(part.strip()) for part in re.split(r"\.\.\.|HOST", term))
+        assert any(re.search(pattern, message) for message in messages), f"no script prints {term!r}"
