@@ -60,7 +60,7 @@ def steps(workflow: dict):
 
 def test_rendered_workflows_are_the_expected_ones(project):
     assert {"ci.yml", "deploy.yml"} <= set(workflows(project))
-    assert [path.name for path in TEMPLATE_WORKFLOWS] == ["test.yml"]
+    assert [path.name for path in TEMPLATE_WORKFLOWS] == ["pages.yml", "test.yml"]
 
 
 def test_workflows_pass_githubs_schema(project):
@@ -163,6 +163,8 @@ EXTRA_PERMISSIONS = {
     ("ci.yml", "build"): {"contents": "read", "packages": "write"},
     ("deploy.yml", "ci"): {"contents": "read", "packages": "write"},
     ("template-update.yml", "pull-request"): {"contents": "write", "pull-requests": "write"},
+    # The template's documentation site: what actions/deploy-pages needs.
+    ("pages.yml", "deploy"): {"pages": "write", "id-token": "write"},
 }
 
 
