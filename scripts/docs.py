@@ -2,7 +2,7 @@
 """Build the template's documentation site (zensical.toml) from the repository.
 
     python3 scripts/docs.py build     # docs/_build/site/, strict: any warning fails
-    python3 scripts/docs.py serve     # the same pages, served with live reload
+    python3 scripts/docs.py serve     # the same, served on localhost:8000 (again after an edit)
     python3 scripts/docs.py pages     # assemble docs/_build/pages/ only
 
 The hand-written pages are in docs/site/. The build copies them into
@@ -276,10 +276,23 @@ def assemble(projects: dict[str, Path], pages: Path = PAGES) -> Path:
         text = page.read_text()
         if MARKER.search(text):
             page.write_text(MARKER.sub(lambda m: generated[m.group(1)], text))
-    copies = [(ROOT, REPOSITORY_PAGES, repository_url()), (flask, PROJECT_PAGES, None)]
-    for origin, mapping, base_url in copies:
+    answers = yaml.safe_load((flask / ".copier-answers.yml").read_text())
+    copies = [
+        (ROOT, REPOSITORY_PAGES, repository_url(), "In the template's repository: `{}`."),
+        (
+            flask,
+            PROJECT_PAGES,
+            None,
+            "In every generated project: `{}`, shown here as copier renders it with the default "
+            f"answers (`{answers['project_slug']}`, `{answers['domain']}`).",
+        ),
+    ]
+    for origin, mapping, base_url, where in copies:
         for source, target in mapping.items():
             text = rewrite_links((origin / source).read_text(), source, mapping, target, base_url)
+            # Under the page's title, a line that says where the text lives.
+            title, _, body = text.partition("\n") if text.startswith("# ") else ("", "", text)
+            text = f"{title}\n\n*{where.format(source)}*\n\n{body}".lstrip()
             (pages / target).parent.mkdir(parents=True, exist_ok=True)
             (pages / target).write_text(text)
     render_diagrams(pages)
