@@ -221,10 +221,12 @@ def test_compose_config_is_valid(project, files):
     assert result.returncode == 0, result.stderr
 
 
-def test_production_compose_publishes_only_nginx(project):
+def test_production_compose_publishes_only_the_port_nginx_answers_on(project):
     compose = yaml.safe_load((project / "compose.yaml").read_text())
     published = {name for name, service in compose["services"].items() if service.get("ports")}
-    assert published == {"nginx"}
+    # edge holds the ports; nginx answers on them from edge's network namespace.
+    assert published == {"edge"}
+    assert compose["services"]["nginx"]["network_mode"] == "service:edge"
     assert (
         compose["services"]["app"]["depends_on"]["migrate"]["condition"] == "service_completed_successfully"
     )
