@@ -328,9 +328,12 @@ def zensical(command: str, pages: Path = PAGES) -> int:
         config = pages.parent / "zensical.toml"
         config.write_text(re.sub(r"^site_dir = .*$", 'site_dir = "site"', text, flags=re.M))
     arguments = ["build", "--strict", "--clean"] if command == "build" else [command]
-    return subprocess.run(
+    status = subprocess.run(
         [sys.executable, "-m", "zensical", *arguments, "--config-file", config], cwd=config.parent
     ).returncode
+    if status != 0:
+        print(f"docs.py: zensical {command} failed: fix the warnings above (links, anchors)", file=sys.stderr)
+    return status
 
 
 def main(argv: list[str]) -> int:
