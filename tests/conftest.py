@@ -15,6 +15,7 @@ Environment:
 
 from __future__ import annotations
 
+import json
 import os
 import shlex
 import shutil
@@ -220,6 +221,15 @@ def template_repo(tmp_path_factory) -> Path:
     from updating import make_template_repo
 
     return make_template_repo(tmp_path_factory.mktemp("template") / "repo")
+
+
+def app_access_record(stack: Stack, probe: str) -> dict:
+    """The app's JSON access-log record of the request whose URL has PROBE."""
+    logs = stack.compose("logs", "--no-color", "--no-log-prefix", "app").stdout.replace("\x1b[2K", "")
+    records = [json.loads(line) for line in logs.splitlines() if probe in line and line.startswith("{")]
+    access = [record for record in records if record.get("logger") == "gunicorn.access"]
+    assert access, f"the request with {probe} is not in the app's access log"
+    return access[-1]
 
 
 # The deploy scenario's VPS and project, shared by tests/test_deploy*.py.

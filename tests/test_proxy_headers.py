@@ -19,7 +19,7 @@ import uuid
 import pytest
 import requests
 
-from conftest import FRAMEWORKS, Stack, booted, free_port, render
+from conftest import FRAMEWORKS, Stack, app_access_record, booted, free_port, render
 
 pytestmark = pytest.mark.docker
 
@@ -125,10 +125,8 @@ def canonical(page: str) -> str:
 
 
 def app_log_client(stack: Stack, probe: str) -> str:
-    """The client address in the app's access log line for the request with probe."""
-    lines = [line for line in stack.compose("logs", "--no-color", "app").stdout.splitlines() if probe in line]
-    assert lines, f"the request with {probe} is not in the app's access log"
-    return lines[-1].split("|", 1)[1].split()[0]
+    """The client address in the app's access log record for the request with probe."""
+    return app_access_record(stack, probe)["client"]
 
 
 def test_the_app_sees_the_client_and_https_through_the_proxy(framework: str, stack: Stack, front: Front):

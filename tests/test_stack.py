@@ -15,7 +15,7 @@ import pytest
 import requests
 from python_on_whales import DockerClient
 
-from conftest import FRAMEWORKS, Stack, booted, render
+from conftest import FRAMEWORKS, Stack, app_access_record, booted, render
 
 pytestmark = pytest.mark.docker
 
@@ -110,11 +110,9 @@ def test_client_forged_forwarded_headers_are_replaced(stack: Stack):
     # own: the app builds its URLs with the scheme and port the client used.
     assert canonical(response.text) == f"http://localhost:{stack.http_port}/"
     assert stack.http_port != 6666
-    # Gunicorn logs the X-Forwarded-For it received first on each access line.
-    lines = [line for line in stack.compose("logs", "--no-color", "app").stdout.splitlines() if probe in line]
-    assert lines, "the probe request is not in the app's access log"
-    client = lines[-1].split("|", 1)[1].split()[0]
-    assert client != "6.6.6.6" and re.fullmatch(r"[0-9a-f.:]+", client), lines[-1]
+    # Gunicorn logs the client address it took from X-Forwarded-For.
+    record = app_access_record(stack, probe)
+    assert record["client"] != "6.6.6.6" and re.fullmatch(r"[0-9a-f.:]+", record["client"]), record
 
 
 def test_forwarded_https_from_the_trusted_hop_builds_https_urls(stack: Stack):
