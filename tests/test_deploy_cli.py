@@ -345,3 +345,14 @@ def test_cert_expiry_with_a_host_runs_on_the_server(fake):
     assert remote == [f"{APP_DIR}/scripts/cert-expiry --warn 20 "]
     assert fake.run("cert-expiry", "--warn", "soon", "host").returncode == 2
     assert fake.run("cert-expiry", "host", "other").returncode == 2
+
+
+def test_deploy_pulls_a_registry_image_pinned_by_digest(fake):
+    digest = "sha256:" + "ab" * 32
+    result = fake.run("deploy", "host", f"ghcr.io/acme/shop:1a2b3c@{digest}")
+    assert result.returncode == 0, result.stderr
+    assert fake.server_commands[-1].endswith(
+        f" deploy {APP_DIR} 1a2b3c --keep 5 --health-timeout 180"
+        f" --source ghcr.io/acme/shop:1a2b3c@{digest} --pull ghcr.io/acme/shop:1a2b3c@{digest} "
+    )
+    assert fake.run("deploy", "host", f"shop@{digest}").returncode == 2

@@ -308,7 +308,8 @@ def test_deploy_is_serialised_gated_and_ships_the_image_ci_tested(project):
     assert job["if"] == "github.ref == 'refs/heads/main'"
     run = next(s for s in job["steps"] if "scripts/deploy" in s.get("run", ""))
     assert run["run"] == 'scripts/deploy "$DEPLOY_HOST" "$IMAGE"'
-    assert run["env"]["IMAGE"] == "${{ needs.ci.outputs.image }}"
+    # The exact image CI tested, by digest (scripts/deploy names the release after the tag).
+    assert run["env"]["IMAGE"] == "${{ needs.ci.outputs.image }}@${{ needs.ci.outputs.digest }}"
 
 
 def test_the_host_key_is_pinned_and_never_trusted_blindly(project):
