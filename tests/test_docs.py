@@ -145,7 +145,7 @@ def test_hand_written_pages_name_only_commands_files_and_variables_that_exist(pa
     project = projects["flask"]
     helps, problems = {}, []
     for span in spans(page):
-        for name, options in re.findall(r"(?:^|\s)scripts/([\w.-]+)((?:\s+[^\s#]+)*)", span):
+        for name, options in re.findall(r"(?:^|\s)scripts/([\w.-]+)(?![\w./-])((?:\s+[^\s#]+)*)", span):
             if not (project / "scripts" / name).is_file():
                 problems.append(f"no scripts/{name}")
                 continue
