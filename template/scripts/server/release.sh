@@ -101,8 +101,10 @@ go_live() {
 
     if [ -z "$(containers app running)" ]; then
         step "starting the stack with release $release (no app container was running)"
-        quietly compose up --detach --wait --wait-timeout "$timeout" --no-build ||
+        if ! quietly compose up --detach --wait --wait-timeout "$timeout" --no-build; then
+            explain_unhealthy
             die "the stack did not start healthy with release $release (see above, and scripts/logs)"
+        fi
         compose ps --format '{{.Service}}: {{.Status}}' | indent
         set_current_release "$release"
         record_release "$action" "$release" "$source"
@@ -135,6 +137,21 @@ converge() {
     step "a switch cut short left ${#others[@]} container(s) of another release serving beside $current: stopping them"
     docker stop "${others[@]}" >/dev/null
     docker rm "${others[@]}" >/dev/null
+}
+
+# What each container that is not healthy last said: its health check's
+# output and its log's last lines.
+explain_unhealthy() {
+    local container
+    for container in $(compose ps --all --quiet); do
+        case $(docker inspect --format '{{if .State.Health}}{{.State.Health.Status}}{{else}}{{.State.Status}}{{end}}' "$container") in
+            healthy | running | exited) continue ;;
+        esac
+        say "    $(docker inspect --format '{{.Name}}' "$container" | tr -d /): health check said:"
+        docker inspect --format '{{range .State.Health.Log}}{{.Output}}{{end}}' "$container" | tail -n 3 | indent | indent
+        say "    and logged:"
+        docker logs --tail 10 "$container" 2>&1 | indent | indent
+    done
 }
 
 # Deploys never restart the database: that would cut every request off, and a
