@@ -25,7 +25,11 @@ import tempfile
 import tomllib
 from pathlib import Path
 
-import yaml
+try:
+    import yaml
+    from copier import run_copy
+except ImportError as error:
+    sys.exit(f"docs.py: {error.name} is missing: build with `nox -s docs`, which installs what the build needs")
 
 ROOT = Path(__file__).resolve().parent.parent
 SOURCE = ROOT / "docs" / "site"
@@ -58,8 +62,6 @@ FAILURE = re.compile(r"\b(die|usage_error|fail)\s+\"((?:[^\"\\]|\\.)*)\"")
 
 def render(destination: Path, framework: str) -> Path:
     """A project rendered from the committed template with the default answers."""
-    from copier import run_copy
-
     run_copy(
         str(ROOT),
         destination,
