@@ -29,7 +29,7 @@ try:
     import yaml
     from copier import run_copy
 except ImportError as error:
-    sys.exit(f"docs.py: {error.name} is missing: build with `nox -s docs`, which installs what the build needs")
+    sys.exit(f"docs.py: {error.name} is missing: build with `nox -s docs`, which installs what it needs")
 
 ROOT = Path(__file__).resolve().parent.parent
 SOURCE = ROOT / "docs" / "site"
