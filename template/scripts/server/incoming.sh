@@ -79,7 +79,11 @@ install_staged() {
     local stage=$1 shipped live file top
     step "putting the release's files in place: $(cd "$stage" && echo *)"
     shipped=$(cd "$stage" && find . ! -type d | sort)
-    (cd "$stage" && find . -mindepth 1 -type d) | while read -r file; do mkdir -p "$file"; done
+    # New directories get the staged ones' modes, not this script's umask:
+    # containers read them as other users (nginx/templates/).
+    (cd "$stage" && find . -mindepth 1 -type d) | while read -r file; do
+        [ -d "$file" ] || install -d -m "$(stat -c %a "$stage/$file")" "$file"
+    done
     while read -r file; do
         mv -f "$stage/$file" "$file"
     done <<<"$shipped"
