@@ -320,7 +320,12 @@ refresh_nginx() {
     local container edge sum image old
     container=$(containers nginx running | head -n 1)
     edge=$(containers edge running | head -n 1)
-    sum=$( (find nginx -type f -print0 2>/dev/null || true) | sort -z | xargs -0 cat | sha256sum | cut -c1-64)
+    # What nginx runs from: its files and its compose configuration. (Not the
+    # container's config-hash label: the handover's --no-deps changes it.)
+    sum=$({
+        (find nginx -type f -print0 2>/dev/null || true) | sort -z | xargs -0 cat
+        wanted_config_hash nginx
+    } | sha256sum | cut -c1-64)
     if [ -z "$container" ] || [ -z "$edge" ] || [ "$(config_hash "$edge")" != "$(wanted_config_hash edge)" ]; then
         step "starting nginx and the ports it serves"
         quietly compose up --detach --wait --no-build edge nginx || die "nginx did not start healthy: see scripts/logs"
@@ -333,8 +338,7 @@ refresh_nginx() {
                 docker tag "$old" "$image"
                 die "the newer $image build never turned healthy: the old nginx keeps serving, and $image names it again"
             fi
-        elif [ "$(config_hash "$container")" != "$(wanted_config_hash nginx)" ] ||
-            { [ -f .nginx.sum ] && [ "$(cat .nginx.sum)" != "$sum" ]; }; then
+        elif [ -f .nginx.sum ] && [ "$(cat .nginx.sum)" != "$sum" ]; then
             step "nginx's configuration changed: a new nginx takes over"
             replace_nginx || die "the new configuration never turned healthy: the old nginx keeps serving"
         fi
