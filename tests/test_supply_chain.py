@@ -32,6 +32,7 @@ from packaging.version import Version
 
 from conftest import FRAMEWORKS, render
 from test_deploy_cli import Fake
+from test_workflows import load
 
 BIN = Path(sys.executable).parent
 
@@ -240,3 +241,62 @@ def test_deploy_without_uv_ships_no_sbom_and_says_so(tmp_path):
     size, _, rest = stream.partition(b"\n")
     with tarfile.open(fileobj=io.BytesIO(rest[: int(size)])) as archive:
         assert "sbom.cdx.json" not in archive.getnames() and "scripts/deploy" in archive.getnames()
+
+
+@pytest.fixture(scope="module")
+def ci(flask_project) -> dict:
+    return load(flask_project / ".github" / "workflows" / "ci.yml")
+
+
+def test_the_pushed_image_is_multi_arch_with_sbom_and_provenance_from_the_tested_cache(ci):
+    build = ci["jobs"]["build"]
+    pushes = [s for s in build["steps"] if s.get("uses", "").startswith("docker/build-push-action@")]
+    tested, publish = pushes
+    assert publish["id"] == "publish" and publish["if"] == "inputs.push" and "if" not in tested
+    options = publish["with"]
+    assert options["platforms"].split(",") == ["linux/amd64", "linux/arm64"]
+    assert options["push"] is True and options["sbom"] is True and options["provenance"] == "mode=max"
+    # The same source, target, build args and tag as the tested build, from its layer cache.
+    for key in ("context", "target", "build-args", "labels", "cache-from"):
+        assert options[key] == tested["with"][key], key
+    assert options["tags"] == tested["with"]["tags"].splitlines()[0]
+    assert tested["with"]["cache-to"] == "type=gha,mode=max", "every tested layer must be cached"
+    # arm64 runs under QEMU, set up before buildx, for the push only.
+    qemu = next(s for s in build["steps"] if s.get("uses", "").startswith("docker/setup-qemu-action@"))
+    buildx = next(s for s in build["steps"] if s.get("uses", "").startswith("docker/setup-buildx-action@"))
+    assert qemu["if"] == "inputs.push" and "arm64" in qemu["with"]["platforms"]
+    assert build["steps"].index(qemu) < build["steps"].index(buildx)
+    # What deploy.yml deploys is the manifest list's digest.
+    assert ci["on"]["workflow_call"]["outputs"]["digest"]["value"] == "${{ jobs.build.outputs.digest }}"
+
+
+def test_the_pushed_digest_is_attested_and_signed_keylessly(ci):
+    sign = ci["jobs"]["sign"]
+    assert sign["needs"] == "build" and sign["if"] == "inputs.push"
+    assert sign["permissions"]["id-token"] == "write"
+    uses = {s["uses"].split("@")[0]: s for s in sign["steps"] if "uses" in s}
+    attest = uses["actions/attest-build-provenance"]["with"]
+    assert attest == {
+        "subject-name": "${{ needs.build.outputs.name }}",
+        "subject-digest": "${{ needs.build.outputs.digest }}",
+        "push-to-registry": True,
+    }
+    assert "sigstore/cosign-installer" in uses and "docker/login-action" in uses
+    cosign = next(s for s in sign["steps"] if "run" in s)
+    assert cosign["run"] == 'cosign sign --yes "$IMAGE"'
+    # By digest, never by tag: a tag can be moved to another image.
+    assert cosign["env"]["IMAGE"] == "${{ needs.build.outputs.name }}@${{ needs.build.outputs.digest }}"
+
+
+def test_the_push_step_outputs_the_name_the_signatures_are_stored_under(ci, tmp_path):
+    """The build job's push step, run as GitHub runs it (bash, GITHUB_OUTPUT)."""
+    push = next(s for s in ci["jobs"]["build"]["steps"] if s.get("id") == "push")
+    output = tmp_path / "output"
+    env = {**os.environ, "GITHUB_OUTPUT": str(output), "IMAGE": "ghcr.io/owner/repo:0123abc",
+           "DIGEST": "sha256:" + "a" * 64}  # fmt: skip
+    subprocess.run(["bash", "-e", "-c", push["run"]], env=env, check=True)
+    assert output.read_text().splitlines() == [
+        "name=ghcr.io/owner/repo",
+        "image=ghcr.io/owner/repo:0123abc",
+        "digest=sha256:" + "a" * 64,
+    ]

@@ -161,7 +161,14 @@ def test_third_party_actions_are_pinned_to_a_commit_with_the_version_in_a_commen
 # Jobs that need more than reading the code, and exactly what they get.
 EXTRA_PERMISSIONS = {
     ("ci.yml", "build"): {"contents": "read", "packages": "write"},
-    ("deploy.yml", "ci"): {"contents": "read", "packages": "write"},
+    # Attesting and signing the pushed image (test_supply_chain.py): an OIDC token.
+    ("ci.yml", "sign"): {"packages": "write", "id-token": "write", "attestations": "write"},
+    ("deploy.yml", "ci"): {
+        "contents": "read",
+        "packages": "write",
+        "id-token": "write",
+        "attestations": "write",
+    },
     ("template-update.yml", "pull-request"): {"contents": "write", "pull-requests": "write"},
     # The template's documentation site: what actions/deploy-pages needs.
     ("pages.yml", "deploy"): {"pages": "write", "id-token": "write"},
@@ -179,8 +186,8 @@ def test_permissions_are_read_only_but_where_a_job_needs_more(project):
             )
     # Pushing the tested image is what needs packages: write, and only deploy.yml asks for it.
     build = load(workflows(project)["ci.yml"])["jobs"]["build"]
-    push = next(step for step in build["steps"] if step.get("id") == "push")
-    assert push["if"] == "inputs.push" and push["run"].startswith('docker push "$IMAGE"\n')
+    publish = next(step for step in build["steps"] if step.get("id") == "publish")
+    assert publish["if"] == "inputs.push" and publish["with"]["push"] is True
 
 
 def test_no_secret_or_expression_is_expanded_inside_a_shell_script(project):
@@ -204,12 +211,19 @@ def test_ci_jobs_call_the_projects_nox_sessions(project):
     ci = load(workflows(project)["ci.yml"])
     called = {}
     for job, step in steps(ci):
-        # Pushing the image once it passed (deploy.yml): the one step that is not a check.
-        if "run" in step and step.get("id") != "push":
+        # Pushing and signing the image once it passed (deploy.yml): the steps that are not checks.
+        if "run" in step and step.get("id") != "push" and job != "sign":
             match = re.fullmatch(r"uvx nox -s (\w+)(?: -- .*)?", step["run"].strip())
             assert match, f"job {job} runs something other than a nox session: {step['run']}"
             called[job] = match.group(1)
-    assert called == {"lint": "lint", "hadolint": "hadolint", "tests": "tests", "build": "smoke"}
+    assert called == {
+        "lint": "lint",
+        "hadolint": "hadolint",
+        "audit": "audit",
+        "zizmor": "zizmor",
+        "tests": "tests",
+        "build": "smoke",
+    }
     # `nox -s ci` runs the same sessions as the CI jobs.
     ci_session = re.search(r"def ci\(.*?\n\n\n", noxfile, re.DOTALL).group(0)
     assert all(f'"{name}"' in ci_session for name in called.values())
@@ -248,7 +262,9 @@ def test_ci_builds_once_smoke_tests_that_image_then_pushes_it(project):
     uses = [step.get("uses", "").split("@")[0] for step in build["steps"]]
     assert uses.index("docker/metadata-action") < uses.index("docker/build-push-action")
     assert uses.index("docker/setup-buildx-action") < uses.index("docker/build-push-action")
-    assert uses.count("docker/build-push-action") == 1
+    # Once to test (amd64, loaded here), and once more to push both platforms from
+    # the cache that build wrote (deploy.yml only): test_supply_chain.py.
+    assert uses.count("docker/build-push-action") == 2
     meta = next(s for s in build["steps"] if s.get("uses", "").startswith("docker/metadata-action@"))
     assert meta["id"] == "meta" and meta["with"]["images"] == "ghcr.io/${{ github.repository }}"
     # The tag is the full commit SHA, the release id the image carries; never `latest`.
@@ -271,11 +287,16 @@ def test_ci_builds_once_smoke_tests_that_image_then_pushes_it(project):
     assert runs[1][:2] == ("push", "inputs.push") and len(runs) == 2
     login = next(s for s in build["steps"] if s.get("uses", "").startswith("docker/login-action@"))
     assert login["if"] == "inputs.push" and login["with"]["registry"] == "ghcr.io"
-    assert uses.index("docker/login-action") > uses.index("docker/build-push-action")
+    # Logged in only to push, once the smoke test passed.
+    smoke = next(s for s in build["steps"] if s.get("run", "").startswith("uvx nox -s smoke"))
+    publish = next(s for s in build["steps"] if s.get("id") == "publish")
+    assert build["steps"].index(smoke) < build["steps"].index(login) < build["steps"].index(publish)
     push = build["steps"][-1]
     assert push["id"] == "push" and push["env"]["IMAGE"] == "${{ steps.meta.outputs.tags }}"
+    assert push["env"]["DIGEST"] == "${{ steps.publish.outputs.digest }}"
     assert 'echo "image=$IMAGE" >> "$GITHUB_OUTPUT"' in push["run"] and "digest=" in push["run"]
     assert build["outputs"] == {
+        "name": "${{ steps.push.outputs.name }}",
         "image": "${{ steps.push.outputs.image }}",
         "digest": "${{ steps.push.outputs.digest }}",
     }
