@@ -53,6 +53,7 @@ PROJECT_PAGES = {
     "docs/https.md": "project/https.md",
     "docs/observability.md": "project/observability.md",
     "docs/security.md": "project/security.md",
+    "docs/supply-chain.md": "project/supply-chain.md",
     "docs/updating.md": "project/updating.md",
 }
 # The scripts that run on the server, not from a laptop: no reference entry.
