@@ -28,20 +28,45 @@ from conftest import FRAMEWORKS, Stack, booted, render
 # nginx: the master hands its temporary directories to the nginx user (CHOWN)
 #     and starts its workers as that user (SETGID, SETUID); port 80 needs
 #     nothing, Docker lets containers bind low ports.
-# app, migrate: run as UID 10001 and need none.
+# app, migrate, and with background_jobs worker and scheduler: run as UID
+#     10001 and need none.
 # edge: holds nginx's ports and networks, asleep as nobody: none.
+# valkey (background_jobs): runs as its image's user, who owns /data: none.
 CAPABILITIES = {
     "db": {"CHOWN", "DAC_READ_SEARCH", "FOWNER", "SETGID", "SETUID"},
     "migrate": set(),
     "app": set(),
     "edge": set(),
     "nginx": {"CHOWN", "SETGID", "SETUID"},
+    "valkey": set(),
+    "worker": set(),
+    "scheduler": set(),
 }
-READ_ONLY = {"migrate", "app", "edge", "nginx"}
+# Rendered only with background_jobs=true.
+JOB_SERVICES = {"valkey", "worker", "scheduler"}
+READ_ONLY = {"migrate", "app", "edge", "nginx", "valkey", "worker", "scheduler"}
 MiB = 1024 * 1024
 # The defaults of compose.yaml's limits; .env.example documents the knobs.
-MEMORY = {"db": 512 * MiB, "migrate": 512 * MiB, "app": 512 * MiB, "edge": 16 * MiB, "nginx": 128 * MiB}
-PIDS = {"db": 256, "migrate": 256, "app": 256, "edge": 8, "nginx": 128}
+MEMORY = {
+    "db": 512 * MiB,
+    "migrate": 512 * MiB,
+    "app": 512 * MiB,
+    "edge": 16 * MiB,
+    "nginx": 128 * MiB,
+    "valkey": 128 * MiB,
+    "worker": 384 * MiB,
+    "scheduler": 192 * MiB,
+}
+PIDS = {
+    "db": 256,
+    "migrate": 256,
+    "app": 256,
+    "edge": 8,
+    "nginx": 128,
+    "valkey": 32,
+    "worker": 128,
+    "scheduler": 32,
+}
 # The same rotation scripts/provision writes to the engine's daemon.json.
 LOG_OPTIONS = {"max-size": "10m", "max-file": "5"}
 # What `docker inspect` shows of it, under HostConfig.
@@ -76,9 +101,20 @@ def capability_names(mask: int) -> set[str]:
 # --- Render level: what compose.yaml asks for, both frameworks, no engine ---
 
 
-@pytest.fixture(scope="module", params=FRAMEWORKS)
+@pytest.fixture(
+    scope="module",
+    params=[(framework, jobs) for jobs in (False, True) for framework in FRAMEWORKS],
+    ids=lambda param: f"{param[0]}{'-jobs' if param[1] else ''}",
+)
 def project(request, tmp_path_factory):
-    return render(tmp_path_factory.mktemp(request.param) / "project", framework=request.param)
+    framework, jobs = request.param
+    project = tmp_path_factory.mktemp(framework) / "project"
+    return render(project, framework=framework, background_jobs=jobs)
+
+
+def expected_services(project) -> set[str]:
+    jobs = re.search(r"^background_jobs: true$", (project / ".copier-answers.yml").read_text(), re.M)
+    return set(CAPABILITIES) if jobs else set(CAPABILITIES) - JOB_SERVICES
 
 
 def compose_config(project, *files: str, env: dict[str, str] | None = None) -> dict:
@@ -109,14 +145,17 @@ def check_hardening(name: str, service: dict, capabilities: set[str], read_only:
 
 def test_every_production_service_is_hardened(project):
     services = compose_config(project, "compose.yaml")
-    assert set(services) == set(CAPABILITIES)
+    assert set(services) == expected_services(project)
     for name, service in services.items():
         check_hardening(name, service, CAPABILITIES[name], name in READ_ONLY)
         limits = service["deploy"]["resources"]["limits"]
         assert (int(limits["memory"]), int(limits["pids"])) == (MEMORY[name], PIDS[name]), name
     # Read-only roots get memory where they must write; nothing else does.
     assert [mount.split(":")[0] for mount in services["app"]["tmpfs"]] == ["/tmp"]
-    assert services["app"]["tmpfs"] == services["migrate"]["tmpfs"]
+    for name in {"migrate", "worker", "scheduler"} & set(services):
+        assert services[name]["tmpfs"] == services["app"]["tmpfs"], name
+    # Valkey writes its volume only.
+    assert "tmpfs" not in services.get("valkey", {})
     nginx_writes = {mount.split(":")[0] for mount in services["nginx"]["tmpfs"]}
     assert nginx_writes == {"/etc/nginx/conf.d", "/etc/nginx/site.d", "/var/cache/nginx", "/run"}
     main_conf = (project / "nginx/nginx.conf").read_text()
@@ -134,16 +173,27 @@ def test_limits_follow_the_env_knobs(project):
         "DB_PIDS_LIMIT": "150",
         "NGINX_MEMORY_LIMIT": "64m",
         "NGINX_PIDS_LIMIT": "40",
+        "VALKEY_MEMORY_LIMIT": "96m",
+        "VALKEY_PIDS_LIMIT": "20",
+        "WORKER_MEMORY_LIMIT": "768m",
+        "WORKER_PIDS_LIMIT": "200",
+        "SCHEDULER_MEMORY_LIMIT": "160m",
+        "SCHEDULER_PIDS_LIMIT": "24",
     }
     services = compose_config(project, "compose.yaml", env=knobs)
     limits = {name: service["deploy"]["resources"]["limits"] for name, service in services.items()}
-    assert {name: (int(limit["memory"]), int(limit["pids"])) for name, limit in limits.items()} == {
+    expected = {
         "app": (300 * MiB, 99),
         "migrate": (300 * MiB, 99),
         "db": (1024 * MiB, 150),
         "edge": (16 * MiB, 8),
         "nginx": (64 * MiB, 40),
+        "valkey": (96 * MiB, 20),
+        "worker": (768 * MiB, 200),
+        "scheduler": (160 * MiB, 24),
     }
+    got = {name: (int(limit["memory"]), int(limit["pids"])) for name, limit in limits.items()}
+    assert got == {name: expected[name] for name in expected_services(project)}
 
 
 def test_development_and_https_keep_the_hardening(project):
@@ -179,7 +229,7 @@ def containers(stack: Stack) -> dict:
     client = docker.from_env()
     found = client.containers.list(all=True, filters={"label": f"com.docker.compose.project={stack.name}"})
     by_service = {c.labels["com.docker.compose.service"]: c for c in found}
-    assert set(by_service) == set(CAPABILITIES), f"containers: {[c.name for c in found]}"
+    assert set(by_service) == set(CAPABILITIES) - JOB_SERVICES, f"containers: {[c.name for c in found]}"
     return by_service
 
 
