@@ -384,3 +384,26 @@ def test_status_fails_when_two_releases_serve(server):
         " (the next deploy or rollback keeps only one)"
     )
     assert "releases  A, B serve at once" in result.stdout
+
+
+def test_refresh_images_restarts_the_database_only_when_asked(server):
+    server.releases_log(("deploy", "A"))
+    server.rules = [
+        (r"^compose .*config --images$", "postgres:18\n", 0),
+        (r"^compose .*config --services$", "db\n", 0),
+        (r"^pull --quiet postgres:18$", "", 0),
+        (r"service=db .*status=running", "db1\n", 0),
+        (r"^inspect --format \{\{\.Config\.Image\}\} db1$", "postgres:18\n", 0),
+        (r"^inspect --format \{\{\.Image\}\} db1$", "sha256:old\n", 0),
+        (r"^image inspect --format \{\{\.Id\}\} postgres:18$", "sha256:new\n", 0),
+    ]
+    restart = "compose --project-name shop up --detach --wait --no-deps --no-build db"
+    result = server.run("refresh-images")
+    assert result.returncode == 0, result.stderr
+    assert "a newer postgres:18 build is here: scripts/refresh-images --postgres applies it" in result.stdout
+    assert restart not in [" ".join(call) for call in server.calls()]
+
+    result = server.run("refresh-images", "--postgres")
+    assert result.returncode == 0, result.stderr
+    assert "restarting the database on the newer postgres:18 build: a few seconds without it" in result.stdout
+    assert restart in [" ".join(call) for call in server.calls()]
