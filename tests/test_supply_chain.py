@@ -31,6 +31,7 @@ from packaging.markers import Marker, default_environment
 from packaging.version import Version
 
 from conftest import FRAMEWORKS, render
+from fakeserver import Server
 from test_deploy_cli import Fake
 from test_workflows import load
 
@@ -302,3 +303,23 @@ def test_the_push_step_outputs_the_name_the_signatures_are_stored_under(ci, tmp_
         "image=ghcr.io/owner/repo:0123abc",
         "digest=sha256:" + "a" * 64,
     ]
+
+
+def test_the_shipped_sbom_is_the_live_releases_on_the_server(tmp_path):
+    """server.sh puts the staged files in place: the SBOM lands beside compose.yaml."""
+    project = render(tmp_path / "project")
+    fake = Fake(project, tmp_path)
+    fake.env["PATH"] = f"{fake.env['PATH']}{os.pathsep}{BIN}"
+    assert fake.run("deploy", "host", "rel1").returncode == 0
+    stream = (fake.log / "shipped.tar").read_bytes()
+    size, _, rest = stream.partition(b"\n")
+    server = Server(tmp_path / "server")
+    stage = server.app_dir / "deploys" / "incoming.test"
+    stage.mkdir(parents=True)
+    with tarfile.open(fileobj=io.BytesIO(rest[: int(size)])) as archive:
+        archive.extractall(stage, filter="data")
+        shipped = archive.extractfile("sbom.cdx.json").read()
+    result = server.call(f"install_staged {stage}")
+    assert result.returncode == 0, result.stderr
+    assert (server.app_dir / "sbom.cdx.json").read_bytes() == shipped
+    assert not stage.exists()
