@@ -115,10 +115,12 @@ def lock(session: nox.Session) -> None:
     python_version = _copier_default("python_version")
     placeholder = "lockedprojectname"
     locks = {}
-    for framework in ("flask", "django"):
+    # background_jobs adds Celery: each framework has a lock with it and one without.
+    for framework, jobs in [(f, j) for f in ("flask", "django") for j in ("false", "true")]:
         with tempfile.TemporaryDirectory() as tmp:
             project = Path(tmp) / "project"
             answers = ["--data", f"framework={framework}", "--data", f"project_slug={placeholder}"]
+            answers += ["--data", f"background_jobs={jobs}"]
             session.run(
                 "copier", "copy", "--quiet", "--defaults", "--vcs-ref", "HEAD", *answers, ROOT, project
             )
@@ -130,12 +132,18 @@ def lock(session: nox.Session) -> None:
                 external=True,
             )
             text = (project / "uv.lock").read_text()
-            locks[framework] = text.replace(f'"{placeholder}"', "\"{{ project_slug | replace('_', '-') }}\"")
+            locks[framework, jobs] = text.replace(
+                f'"{placeholder}"', "\"{{ project_slug | replace('_', '-') }}\""
+            )
     (ROOT / "template" / "uv.lock.jinja").write_text(
-        "{% if framework == 'flask' -%}\n"
-        + locks["flask"]
+        "{% if framework == 'flask' and not background_jobs -%}\n"
+        + locks["flask", "false"]
+        + "{% elif framework == 'flask' -%}\n"
+        + locks["flask", "true"]
+        + "{% elif not background_jobs -%}\n"
+        + locks["django", "false"]
         + "{% else -%}\n"
-        + locks["django"]
+        + locks["django", "true"]
         + "{% endif -%}\n"
     )
     session.log("wrote template/uv.lock.jinja: commit it with the pyproject.toml change")

@@ -51,6 +51,7 @@ PROJECT_PAGES = {
     "README.md": "project/index.md",
     "docs/deploy.md": "project/deploy.md",
     "docs/https.md": "project/https.md",
+    "docs/jobs.md": "project/jobs.md",
     "docs/observability.md": "project/observability.md",
     "docs/security.md": "project/security.md",
     "docs/supply-chain.md": "project/supply-chain.md",
@@ -62,11 +63,12 @@ FAILURE = re.compile(r"\b(die|usage_error|fail)\s+\"((?:[^\"\\]|\\.)*)\"")
 
 
 def render(destination: Path, framework: str) -> Path:
-    """A project rendered from the committed template with the default answers."""
+    """A project rendered from the committed template with the default answers, background jobs on."""
     run_copy(
         str(ROOT),
         destination,
-        data={"framework": framework},
+        # Every optional part on, so that its pages and settings are on the site.
+        data={"framework": framework, "background_jobs": True},
         defaults=True,
         vcs_ref="HEAD",
         quiet=True,

@@ -201,10 +201,10 @@ def test_development_and_https_keep_the_hardening(project):
     dev = compose_config(project, "compose.yaml", "compose.override.yaml")
     # Except that the dev image's entrypoint starts as root to run as the
     # code's owner (.devcontainer/entrypoint.py), then drops these.
+    entrypoint = {"CHOWN", "SETGID", "SETUID"}
     dev_capabilities = {
         **CAPABILITIES,
-        "app": {"CHOWN", "SETGID", "SETUID"},
-        "migrate": {"CHOWN", "SETGID", "SETUID"},
+        **{name: entrypoint for name in ("app", "migrate", "worker", "scheduler")},
     }
     for name, service in dev.items():
         check_hardening(name, service, dev_capabilities[name], name in READ_ONLY)

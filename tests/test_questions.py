@@ -156,6 +156,8 @@ def test_a_refused_answer_says_why_on_one_line_and_asks_again(tmp_path):
     terminal.type()
     terminal.ask("license")
     terminal.type()
+    terminal.ask("background_jobs")
+    terminal.type()
     terminal.finish()
     answers = yaml.safe_load((tmp_path / "shop" / ".copier-answers.yml").read_text())
     assert (answers["project_name"], answers["project_slug"]) == ("Email", "shop")

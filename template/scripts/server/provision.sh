@@ -300,6 +300,8 @@ POSTGRES_PASSWORD=$(od -An -N20 -tx1 /dev/urandom | tr -d ' \n')
 POSTGRES_DB=$project
 APP_DB_USER=${project}_app
 APP_DB_PASSWORD=$(od -An -N20 -tx1 /dev/urandom | tr -d ' \n')
+# The background jobs' broker (Valkey), when the project has them.
+VALKEY_PASSWORD=$(od -An -N20 -tx1 /dev/urandom | tr -d ' \n')
 
 SERVER_NAMES=$domain localhost
 HTTP_PORT=80
