@@ -407,3 +407,17 @@ def test_refresh_images_restarts_the_database_only_when_asked(server):
     assert result.returncode == 0, result.stderr
     assert "restarting the database on the newer postgres:18 build: a few seconds without it" in result.stdout
     assert restart in [" ".join(call) for call in server.calls()]
+
+
+def test_each_release_keeps_its_sbom_until_its_image_goes(server):
+    server.releases_log(("deploy", "A"), ("deploy", "B"), ("deploy", "C"))
+    sbom = server.app_dir / "sbom.cdx.json"
+    for release in ("A", "B", "C"):
+        sbom.write_text(f'{{"components": [{{"purl": "pkg:pypi/x@{release}"}}]}}\n')
+        assert server.call(f"keep_sbom deploy {release}").returncode == 0
+    assert server.call("keep_sbom rollback B").returncode == 0
+    assert "x@B" in sbom.read_text(), "a rollback puts its release's SBOM back"
+    assert server.call("prune_images 2").returncode == 0
+    assert sorted(path.name for path in (server.app_dir / "sboms").iterdir()) == ["B.cdx.json", "C.cdx.json"]
+    server.rules = [(r"^compose .*config --services$", "", 0)]
+    assert "sbom      sboms/C.cdx.json (1 packages)" in server.run("status").stdout

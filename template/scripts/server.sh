@@ -7,6 +7,7 @@
 #
 #   server/common.sh      output, the project's directory, compose, the lock
 #   server/release.sh     deploy and rollback: the release step, the switch
+#   server/nginx.sh       nginx's configuration and image, without a gap
 #   server/incoming.sh    a deploy's stream from scripts/deploy, run detached
 #   server/images.sh      images: missing ones, tag, pull, newer builds
 #   server/data.sh        backup and restore
@@ -18,7 +19,7 @@
 set -Eeuo pipefail
 
 SERVER_HOME=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
-for module in release-id common release incoming images data status provision hardening; do
+for module in release-id common release nginx incoming images data status provision hardening; do
     # shellcheck source=/dev/null
     . "$SERVER_HOME/server/$module.sh"
 done

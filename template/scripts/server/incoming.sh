@@ -60,6 +60,8 @@ cmd_apply() {
     # shellcheck disable=SC2034 # die and usage_error name it (common.sh)
     COMMAND=deploy
     project_dir
+    # A deploy without an SBOM (no uv where it came from) leaves none live.
+    [ -f "$stage/sbom.cdx.json" ] || rm -f sbom.cdx.json
     install_staged "$stage"
     # The modules in memory came from the stage, now moved in place.
     SERVER_HOME=$APP_DIR/scripts

@@ -48,6 +48,11 @@ cmd_status() {
     local previous newest
     previous=$(previous_release "$current")
     say "rollback  ${previous:-no earlier release}"
+    if [ -f "sboms/$current.cdx.json" ]; then
+        say "sbom      sboms/$current.cdx.json ($(grep -o '"purl"' "sboms/$current.cdx.json" | wc -l) packages)"
+    else
+        say "sbom      none for $current (scripts/deploy ships one where uv runs)"
+    fi
     local run
     run=$(last_run)
     [ -z "$run" ] || say "last run  $run"
