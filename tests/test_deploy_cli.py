@@ -48,6 +48,7 @@ esac
 case $command in
     *"tar -xf"*) mv "$FAKE_LOG/stdin" "$FAKE_LOG/shipped.tar" ;;
     "id -u ") echo 0 ;;
+    "uname -m ") echo "${FAKE_UNAME:-x86_64}" ;;
     "mktemp -d ") echo /tmp/stage ;;
     *"docker image inspect"*) echo sha256:local ;;
     *"server.sh backup "*) printf -- '--> dumped\n/srv/my_app/backups/my_app-1.dump\n' ;;
@@ -60,6 +61,7 @@ FAKE_DOCKER = r"""#!/usr/bin/env bash
 printf '%s\n' "$*" >>"$FAKE_LOG/docker"
 case $* in
     "image inspect --format {{.Id}} "*) echo sha256:local ;;
+    "image inspect --format {{.Os}}/{{.Architecture}} "*) echo "${FAKE_PLATFORM:-linux/amd64}" ;;
 esac
 """
 
@@ -356,3 +358,16 @@ def test_deploy_pulls_a_registry_image_pinned_by_digest(fake):
         f" --source ghcr.io/acme/shop:1a2b3c@{digest} --pull ghcr.io/acme/shop:1a2b3c@{digest} "
     )
     assert fake.run("deploy", "host", f"shop@{digest}").returncode == 2
+
+
+def test_deploy_builds_for_the_servers_architecture(fake):
+    """An arm64 laptop deploying to an amd64 server, and the reverse."""
+    result = fake.run("deploy", "host", "rel1", FAKE_UNAME="aarch64")
+    assert error_line(result) == (
+        "deploy: my_app:rel1 is built for linux/amd64, but the server runs linux/arm64:"
+        " build it with --platform linux/arm64"
+    )
+    assert fake.run("deploy", "host", "rel1", FAKE_UNAME="aarch64", FAKE_PLATFORM="linux/arm64").returncode == 0
+    assert error_line(fake.run("deploy", "host", "rel1", FAKE_UNAME="riscv64")) == (
+        "deploy: the server runs on riscv64, which this deploy builds no image for"
+    )
