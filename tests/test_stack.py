@@ -167,15 +167,16 @@ def test_image_runs_as_non_root_with_a_healthcheck(stack: Stack):
     assert app.attrs["State"]["Health"]["Status"] == "healthy"
     assert app.exec_run("id -u").output.decode().strip() != "0"
     assert config["Env"] and any(e.startswith("PYTHONUNBUFFERED=") for e in config["Env"])
-    # Nothing but nginx publishes a port (asked through python-on-whales'
-    # compose API this time, as a second opinion on the same engine).
+    # Nothing but nginx's network end, edge, publishes a port (asked through
+    # python-on-whales' compose API this time, as a second opinion on the
+    # same engine).
     whales = DockerClient(compose_files=[stack.project / "compose.yaml"], compose_project_name=stack.name)
     running = whales.compose.ps()
-    assert {c.config.labels["com.docker.compose.service"] for c in running} == {"db", "app", "nginx"}
+    assert {c.config.labels["com.docker.compose.service"] for c in running} == {"db", "app", "edge", "nginx"}
     for container in running:
         service = container.config.labels["com.docker.compose.service"]
         published = {k: v for k, v in (container.network_settings.ports or {}).items() if v}
-        assert bool(published) == (service == "nginx"), f"{service} publishes {published}"
+        assert bool(published) == (service == "edge"), f"{service} publishes {published}"
 
 
 def test_readyz_follows_the_database(stack: Stack):

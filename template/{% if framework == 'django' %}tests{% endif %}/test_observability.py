@@ -45,6 +45,8 @@ def configure(settings, monkeypatch):
     output = io.StringIO()
 
     def configure(**env):
+        # The INFO lines these tests look for, whatever LOG_LEVEL .env sets.
+        monkeypatch.setenv("LOG_LEVEL", "INFO")
         for name, value in env.items():
             monkeypatch.setenv(name, value)
         module = importlib.reload(config.settings)
