@@ -76,7 +76,10 @@ def lint(session: nox.Session) -> None:
 def render(session: nox.Session) -> None:
     """Render the template with many answers and lint the output (no Docker)."""
     session.install(*TEST_DEPS)
-    session.run("pytest", "-m", "not docker", *session.posargs, env=NO_SKIPS)
+    # One test file per worker process: a file's module fixtures (rendered
+    # projects) are made once.
+    parallel = ["-n", "auto", "--dist", "loadfile"]
+    session.run("pytest", "-m", "not docker", *parallel, *session.posargs, env=NO_SKIPS)
 
 
 @nox.session

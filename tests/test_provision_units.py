@@ -333,3 +333,13 @@ def test_unattended_upgrades_covers_dockers_repository_when_the_engine_comes_fro
     assert "changed  unattended-upgrades covers" in server.call(AS_ANYONE + call).stdout
     assert 'Unattended-Upgrade::Origins-Pattern { "origin=Docker,label=Docker CE"; };' in conf.read_text()
     assert "ok       unattended-upgrades covers" in server.call(AS_ANYONE + call).stdout
+
+
+def test_provision_generates_the_other_secrets_compose_yaml_requires(server, tmp_path):
+    """scripts/provision names them (a broker's password, with background jobs)."""
+    app_dir = tmp_path / "shop"
+    call = f'provision_app_dir shop example.com "$(id -un)" {app_dir} "" "" "VALKEY_PASSWORD OTHER_PASSWORD"'
+    assert server.call(AS_ANYONE + call).returncode == 0
+    env = dict(line.split("=", 1) for line in (app_dir / ".env").read_text().splitlines() if "=" in line)
+    assert len(env["VALKEY_PASSWORD"]) == 40 and int(env["VALKEY_PASSWORD"], 16)
+    assert len({env["VALKEY_PASSWORD"], env["OTHER_PASSWORD"], env["APP_DB_PASSWORD"]}) == 3

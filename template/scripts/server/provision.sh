@@ -65,20 +65,24 @@ has_candidate() {
 
 usage_provision() {
     cat <<'EOF'
-server.sh provision --project NAME --domain NAME [--address HOST] [--user NAME] [--engine auto|docker|distro]
+server.sh provision --project NAME --domain NAME [--address HOST] [--secret NAME] [--user NAME] [--engine auto|docker|distro]
                     [--swap SIZE] [--env-file FILE] [--key-file FILE] [--ci-key-file FILE]
 Run as root. scripts/provision calls it; see scripts/provision --help.
 EOF
 }
 
 cmd_provision() {
-    local project="" domain="" address="" user=deploy engine=auto swap=2G env_file="" key_files=()
+    local project="" domain="" address="" secrets=() user=deploy engine=auto swap=2G env_file="" key_files=()
     CHANGES=0 APT_UPDATED=false
     while [ $# -gt 0 ]; do
         case $1 in
             --project) project=$2 && shift ;;
             --domain) domain=$2 && shift ;;
             --address) address=$2 && shift ;;
+            --secret)
+                [[ $2 =~ ^[A-Z][A-Z0-9_]*$ ]] || die "--secret needs a variable name, not $2"
+                secrets+=("$2") && shift
+                ;;
             --user) user=$2 && shift ;;
             --engine) engine=$2 && shift ;;
             --swap) swap=$2 && shift ;;
@@ -135,7 +139,7 @@ EOF
     provision_swap "$swap"
 
     step "$app_dir"
-    provision_app_dir "$project" "$domain" "$user" "$app_dir" "$env_file" "$address"
+    provision_app_dir "$project" "$domain" "$user" "$app_dir" "$env_file" "$address" "${secrets[*]}"
 
     step "timers: daily backup, weekly image refresh"
     provision_timers "$project" "$user" "$app_dir"
@@ -255,7 +259,7 @@ resolves_here() {
 }
 
 provision_app_dir() {
-    local project=$1 domain=$2 user=$3 app_dir=$4 env_file=$5 address=${6:-} https
+    local project=$1 domain=$2 user=$3 app_dir=$4 env_file=$5 address=${6:-} names=${7:-} https
     if [ "$(stat -c '%a %U' "$app_dir" 2>/dev/null || true)" != "750 $user" ]; then
         install -d -m 750 -o "$user" -g "$user" "$app_dir"
         changed "$app_dir, owned by $user"
@@ -280,6 +284,11 @@ provision_app_dir() {
             unchanged "$env (same as the uploaded one)"
         fi
     elif [ ! -f "$env" ]; then
+        # The other secrets compose.yaml requires (scripts/provision names them).
+        local extra="" name
+        for name in $names; do
+            extra+=$'\n'"$name=$(od -An -N20 -tx1 /dev/urandom | tr -d ' \n')"
+        done
         # HTTPS from the start when the domain's DNS already points here.
         if resolves_here "$domain" "$address"; then
             https="# HTTPS with a Let's Encrypt certificate: $domain resolved to this server
@@ -299,9 +308,7 @@ POSTGRES_USER=$project
 POSTGRES_PASSWORD=$(od -An -N20 -tx1 /dev/urandom | tr -d ' \n')
 POSTGRES_DB=$project
 APP_DB_USER=${project}_app
-APP_DB_PASSWORD=$(od -An -N20 -tx1 /dev/urandom | tr -d ' \n')
-# The background jobs' broker (Valkey), when the project has them.
-VALKEY_PASSWORD=$(od -An -N20 -tx1 /dev/urandom | tr -d ' \n')
+APP_DB_PASSWORD=$(od -An -N20 -tx1 /dev/urandom | tr -d ' \n')$extra
 
 SERVER_NAMES=$domain localhost
 HTTP_PORT=80
