@@ -367,7 +367,8 @@ def test_deploy_builds_for_the_servers_architecture(fake):
         "deploy: my_app:rel1 is built for linux/amd64, but the server runs linux/arm64:"
         " build it with --platform linux/arm64"
     )
-    assert fake.run("deploy", "host", "rel1", FAKE_UNAME="aarch64", FAKE_PLATFORM="linux/arm64").returncode == 0
+    arm64 = fake.run("deploy", "host", "rel1", FAKE_UNAME="aarch64", FAKE_PLATFORM="linux/arm64")
+    assert arm64.returncode == 0, arm64.stderr
     assert error_line(fake.run("deploy", "host", "rel1", FAKE_UNAME="riscv64")) == (
         "deploy: the server runs on riscv64, which this deploy builds no image for"
     )
