@@ -76,9 +76,31 @@ def _env_flag(name: str) -> bool:
     return os.environ.get(name, "").lower() in ("1", "true", "yes") or os.environ.get("CI") == "true"
 
 
+# The VPS scenario's modules share one throwaway server and run in order.
+VPS_SCENARIO = ("test_deploy.py", "test_deploy_images.py", "test_deploy_interrupted.py")
+
+
+def pytest_xdist_make_scheduler(config, log):
+    """Under `pytest -n N --dist loadfile` a worker takes a module at a time,
+    so that a module's stack is booted once; here the VPS scenario's modules
+    are one unit too."""
+    if config.getvalue("dist") != "loadfile":
+        return None
+    from xdist.scheduler import LoadScopeScheduling
+
+    class ModuleScheduling(LoadScopeScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            module = nodeid.split("::", 1)[0]
+            return "vps-scenario" if Path(module).name in VPS_SCENARIO else module
+
+    return ModuleScheduling(config, log)
+
+
 # After pytest's own hook has deselected by -m/-k: only tests that will run count.
 @pytest.hookimpl(trylast=True)
 def pytest_collection_modifyitems(config, items):
+    # The VPS scenario first: being the longest, it starts while others run.
+    items.sort(key=lambda item: item.path.name not in VPS_SCENARIO)
     docker_items = [item for item in items if item.get_closest_marker("docker")]
     reason = docker_available() if docker_items else None
     if not reason:
