@@ -1,10 +1,15 @@
-"""server.sh's restore against the fake docker of tests/fakeserver.py: the
-dump is checked whole before anything changes, and uploads join the backups
-only once restored."""
+"""server.sh's backup and restore against the fake docker of
+tests/fakeserver.py: a backup is a dump and an archive of the uploaded files
+(the media volume), pruned together; a restore checks both whole before
+anything changes, puts the files back after the rows, and uploads join the
+backups only once restored."""
 
 from __future__ import annotations
 
+import io
+import re
 import subprocess
+import tarfile
 
 import pytest
 
@@ -38,6 +43,25 @@ def upload(server, name: str) -> None:
 
 def dumps(server) -> list[str]:
     return sorted(path.name for path in (server.app_dir / "backups").glob("*.dump"))
+
+
+def backups(server) -> list[str]:
+    return sorted(path.name for path in (server.app_dir / "backups").iterdir() if path.is_file())
+
+
+def tar_of(files: dict[str, bytes]) -> bytes:
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w") as archive:
+        for name, content in files.items():
+            info = tarfile.TarInfo(f"./{name}")
+            info.size = len(content)
+            archive.addfile(info, io.BytesIO(content))
+    return buffer.getvalue()
+
+
+# The one-off containers of the app's image that read and replace the media volume.
+ARCHIVE = "compose --project-name shop run --rm --no-deps -T --entrypoint tar app -C /srv/media"
+UNPACK = "compose --project-name shop run --rm --no-deps -T --entrypoint sh app -c"
 
 
 def test_restore_checks_the_whole_dump_before_anything_else(server):
@@ -78,3 +102,109 @@ def test_a_dump_already_on_the_server_stays_after_a_refused_restore(server):
     (server.app_dir / "backups" / "shop-20260101T000000Z.dump").write_text("PGDMP old\n")
     one_line(restore_with(server, "shop-20260101T000000Z.dump", check=1, restore=0))
     assert dumps(server) == ["shop-20260101T000000Z.dump"]
+
+
+# --- Uploaded files ---
+
+
+def test_a_backup_is_the_dump_and_the_uploaded_files_beside_it(server):
+    server.rules = [*RESTORE_RULES, (re.escape(ARCHIVE), "TAR of media", 0)]
+    result = server.run("backup")
+    assert result.returncode == 0, result.stderr
+    [dump, media] = backups(server)
+    assert re.fullmatch(r"shop-\d{8}T\d{6}Z\.dump", dump)
+    assert media == dump.removesuffix(".dump") + ".media.tar"
+    assert (server.app_dir / "backups" / media).read_text() == "TAR of media"
+    [archive] = [" ".join(call) for call in server.calls() if "--entrypoint" in call]
+    assert archive == f"{ARCHIVE} --exclude ./.restoring -cf - ."
+    # scripts/backup reads the dump's path on the last line, and finds the archive beside it.
+    assert result.stdout.splitlines()[-1] == f"{server.app_dir}/backups/{dump}"
+    assert f"uploaded files {server.app_dir}/backups/{media}" in result.stdout
+
+
+def test_a_failed_archive_leaves_no_partial_file_and_says_so(server):
+    server.rules = [*RESTORE_RULES, (re.escape(ARCHIVE), "half", 1)]
+    reason = one_line(server.run("backup"))
+    assert reason == (
+        "backup: archiving the uploaded files (the media volume) failed: only the database's dump was made"
+    )
+    [dump] = backups(server)
+    assert dump.endswith(".dump")
+
+
+def test_old_archives_go_with_their_dumps(server):
+    (server.app_dir / "backups").mkdir()
+    for day in ("01", "02", "03"):
+        for suffix in (".dump", ".media.tar"):
+            (server.app_dir / "backups" / f"shop-202601{day}T000000Z{suffix}").write_text("old")
+    server.rules = [*RESTORE_RULES, (re.escape(ARCHIVE), "new", 0)]
+    result = server.call("BACKUP_KEEP=2 cmd_backup")
+    assert result.returncode == 0, result.stderr
+    kept = backups(server)
+    assert len(kept) == 4 and kept[:2] == ["shop-20260103T000000Z.dump", "shop-20260103T000000Z.media.tar"]
+
+
+def upload_pair(server, name: str, media: bytes) -> None:
+    upload(server, f"{name}.dump")
+    (server.app_dir / "backups" / "uploaded" / f"{name}.media.tar").write_bytes(media)
+
+
+def test_a_restore_puts_the_uploaded_files_back_after_the_rows(server):
+    upload_pair(server, "good", tar_of({"uploads/a.png": b"\x89PNG"}))
+    result = restore_with(server, "uploaded/good.dump", check=0, restore=0)
+    assert result.returncode == 0, result.stderr
+    calls = [" ".join(call) for call in server.calls()]
+    rows = next(i for i, call in enumerate(calls) if "--clean" in call)
+    [files] = [i for i, call in enumerate(calls) if call.startswith(UNPACK)]
+    assert files > rows, calls
+    assert "replacing the uploaded files with good.media.tar" in result.stdout
+    # The upload joins the backups as a pair, beside the safety backup's pair.
+    names = backups(server)
+    assert len(names) == 4, names
+    stem = names[2].removesuffix(".dump")
+    assert stem.endswith("-uploaded") and names[3] == stem + ".media.tar", names
+    assert not list((server.app_dir / "backups" / "uploaded").iterdir())
+
+
+def test_a_truncated_archive_of_uploaded_files_changes_nothing(server):
+    whole = tar_of({"uploads/a.bin": b"x" * 4000})
+    upload_pair(server, "cut", whole[:1500])
+    reason = one_line(restore_with(server, "uploaded/cut.dump", check=0, restore=0))
+    assert reason == (
+        "restore: cut.media.tar is not a whole tar archive (truncated or another format): nothing changed"
+    )
+    calls = [" ".join(call) for call in server.calls()]
+    assert not any("pg_dump" in call or "--clean" in call or "--entrypoint" in call for call in calls)
+    assert list((server.app_dir / "backups" / "uploaded").iterdir()) == [], "the refused pair is removed"
+
+
+def test_a_dump_without_an_archive_leaves_the_uploaded_files_alone(server):
+    upload(server, "rows-only.dump")
+    result = restore_with(server, "uploaded/rows-only.dump", check=0, restore=0)
+    assert result.returncode == 0, result.stderr
+    assert "no rows-only.media.tar beside it: the uploaded files stay as they are" in result.stdout
+    assert not any(" ".join(call).startswith(UNPACK) for call in server.calls())
+
+
+def test_the_unpacking_replaces_the_volumes_files_whole(server, tmp_path):
+    """The script the one-off container runs, run here on a directory that
+    stands for the media volume."""
+    upload_pair(server, "good", tar_of({"uploads/kept.txt": b"from the backup"}))
+    restore_with(server, "uploaded/good.dump", check=0, restore=0)
+    [call] = [call for call in server.calls() if " ".join(call).startswith(UNPACK)]
+    script, name, target = call[call.index("-c") + 1 :]
+    assert (name, target) == ("sh", "/srv/media")
+    volume = tmp_path / "volume"
+    (volume / "uploads").mkdir(parents=True)
+    (volume / "uploads" / "since.txt").write_text("uploaded after the backup")
+    (volume / "uploads" / "kept.txt").write_text("changed since")
+    archive = tar_of({"uploads/kept.txt": b"from the backup", "uploads/b.txt": b"b"})
+    result = subprocess.run(["sh", "-c", script, "sh", str(volume)], input=archive, capture_output=True)
+    assert result.returncode == 0, result.stderr
+    files = {str(path.relative_to(volume)): path.read_bytes() for path in volume.rglob("*") if path.is_file()}
+    assert files == {"uploads/kept.txt": b"from the backup", "uploads/b.txt": b"b"}
+    assert not (volume / ".restoring").exists()
+    # A broken stream fails before the old files are touched.
+    broken = subprocess.run(["sh", "-c", script, "sh", str(volume)], input=archive[:700], capture_output=True)
+    assert broken.returncode != 0
+    assert (volume / "uploads" / "b.txt").read_bytes() == b"b"

@@ -1,11 +1,16 @@
 # shellcheck shell=bash
-# The database's backups: pg_dump into backups/ (on demand, and by the daily
-# systemd timer), and restoring one. Sourced by scripts/server.sh; defines
-# functions only.
+# Backups of the data: the database (pg_dump) and the uploaded files (a tar
+# of the media volume), into backups/ on demand and by the daily systemd
+# timer, and restoring them. Sourced by scripts/server.sh; defines functions
+# only.
+
+# Where the app container mounts the media volume (compose.yaml).
+MEDIA_DIR=/srv/media
 
 # backup [--label TEXT]: pg_dump in its custom format (compressed, and
-# pg_restore can pick from it) into backups/, keeping the newest BACKUP_KEEP
-# dumps (14 by default). Prints the dump's path last, on a line of its own.
+# pg_restore can pick from it) into backups/NAME.dump, and the media volume
+# into backups/NAME.media.tar beside it, keeping the newest BACKUP_KEEP
+# backups (14 by default). Prints the dump's path last, on a line of its own.
 cmd_backup() {
     local label="" keep=${BACKUP_KEEP:-14}
     if [ "${1:-}" = --label ]; then
@@ -18,8 +23,10 @@ cmd_backup() {
     local file
     file=backups/$PROJECT-$(date -u +%Y%m%dT%H%M%SZ)$label.dump
     dump_database "$file"
+    archive_media "${file%.dump}.media.tar"
     prune_dumps "$keep"
     step "backup $APP_DIR/$file ($(du -h "$file" | cut -f1))"
+    step "uploaded files $APP_DIR/${file%.dump}.media.tar ($(du -h "${file%.dump}.media.tar" | cut -f1))"
     echo "$APP_DIR/$file"
 }
 
@@ -34,31 +41,58 @@ dump_database() {
     mv "$file.partial" "$file"
 }
 
-# Keep the newest KEEP dumps of backups/ (their names sort by time).
+# The media volume as a tar archive, read by a one-off container of the app's
+# image (as the app's user, the files' owner), so that it works whatever
+# state the app is in.
+archive_media() {
+    local file=$1
+    if ! (umask 077 && media_run tar -C "$MEDIA_DIR" --exclude ./.restoring -cf - . >"$file.partial"); then
+        rm -f "$file.partial"
+        die "archiving the uploaded files (the media volume) failed: only the database's dump was made"
+    fi
+    mv "$file.partial" "$file"
+}
+
+# media_run COMMAND [ARG...]: run a command beside the media volume, in a one-off
+# container of the app's service.
+media_run() { compose run --rm --no-deps -T --entrypoint "$1" app "${@:2}"; }
+
+# Keep the newest KEEP backups of backups/ (their names sort by time): each
+# dump, and the archive of uploaded files made with it.
 prune_dumps() {
     local keep=$1 old
     find backups -maxdepth 1 -name "$PROJECT-*.dump" -printf '%f\n' | sort -r | tail -n "+$((keep + 1))" |
-        while read -r old; do rm -f "backups/$old"; done
+        while read -r old; do rm -f "backups/$old" "backups/${old%.dump}.media.tar"; done
 }
 
 # restore FILE: replace the database's contents with a dump, in one
 # transaction: if any of it fails, nothing changes. Requests wait while it
-# runs. FILE is checked whole first; then a safety backup of the current data
-# is taken. An upload (scripts/restore puts it in backups/uploaded/) joins
-# the other dumps once restored, and is removed if it is refused, so that a
-# bad file never counts as a backup.
+# runs. When the dump has its archive of uploaded files beside it
+# (NAME.media.tar), the media volume's contents are replaced next; without
+# one, the uploaded files stay as they are. Both files are checked whole
+# first, then a safety backup of the current data is taken. An upload
+# (scripts/restore puts it in backups/uploaded/) joins the other backups once
+# restored, and is removed if it is refused, so that a bad file never counts
+# as a backup.
 cmd_restore() {
-    local file=${1:-} uploaded=false
+    local file=${1:-} uploaded=false media
     [ -n "$file" ] || die "name the dump to restore"
     project_dir
     [[ $file == /* ]] || file=$APP_DIR/backups/$file
     [[ $file != "$APP_DIR/backups/uploaded/"* ]] || uploaded=true
     [ -f "$file" ] || die "no such dump on the server: $file"
+    media=${file%.dump}.media.tar
+    [ -f "$media" ] || media=""
     lock
     step "checking $(basename "$file"): pg_restore reads all of it"
     if ! check_dump "$file"; then
-        ! $uploaded || rm -f "$file"
-        die "$(basename "$file") is not a whole pg_dump custom-format archive (truncated or another format): nothing changed"
+        refuse_restore $uploaded "$file" "$media" \
+            "$(basename "$file") is not a whole pg_dump custom-format archive (truncated or another format): nothing changed"
+    fi
+    if [ -n "$media" ]; then
+        step "checking $(basename "$media"): tar reads all of it"
+        tar -tf "$media" >/dev/null 2>&1 || refuse_restore $uploaded "$file" "$media" \
+            "$(basename "$media") is not a whole tar archive (truncated or another format): nothing changed"
     fi
     step "safety backup of the current data first"
     cmd_backup --label pre-restore | indent
@@ -67,14 +101,42 @@ cmd_restore() {
     if ! compose exec -T -e PGOPTIONS='-c lock_timeout=60s' db sh -c \
         'pg_restore --clean --if-exists --no-owner --single-transaction --exit-on-error --username="$POSTGRES_USER" --dbname="$POSTGRES_DB"' \
         <"$file" 2>&1 | indent; then
-        ! $uploaded || rm -f "$file"
-        die "pg_restore failed: the database is unchanged"
+        refuse_restore $uploaded "$file" "$media" "pg_restore failed: the database is unchanged"
+    fi
+    if [ -z "$media" ]; then
+        step "no $(basename "${file%.dump}.media.tar") beside it: the uploaded files stay as they are"
+    else
+        step "replacing the uploaded files with $(basename "$media")"
+        if ! restore_media <"$media" 2>&1 | indent; then
+            die "the database is restored, but not every uploaded file: run the same restore again"
+        fi
     fi
     if $uploaded; then
-        # Named like the server's own dumps, so that their retention covers it.
-        mv "$file" "backups/$PROJECT-$(date -u +%Y%m%dT%H%M%SZ)-uploaded.dump"
+        # Named like the server's own backups, so that their retention covers it.
+        local name
+        name=backups/$PROJECT-$(date -u +%Y%m%dT%H%M%SZ)-uploaded
+        mv "$file" "$name.dump"
+        [ -z "$media" ] || mv "$media" "$name.media.tar"
     fi
     step "restored $(basename "$file")"
+}
+
+# refuse_restore UPLOADED FILE MEDIA REASON: stop, removing the files of a
+# refused upload.
+refuse_restore() {
+    ! "$1" || rm -f "$2" ${3:+"$3"}
+    die "$4"
+}
+
+# The media volume's contents replaced with the archive on standard input:
+# unpacked beside them first (into a dotfile directory, which nginx never
+# serves), so that a broken stream leaves the old files in place.
+restore_media() {
+    # shellcheck disable=SC2016 # expanded in the container
+    local script='set -e; cd "$1"; rm -rf .restoring; mkdir .restoring; tar -C .restoring -xf -'
+    script+='; find . -mindepth 1 -maxdepth 1 ! -name .restoring -exec rm -rf {} +'
+    script+='; find .restoring -mindepth 1 -maxdepth 1 -exec mv -t . {} +; rmdir .restoring'
+    media_run sh -c "$script" sh "$MEDIA_DIR"
 }
 
 # Whether FILE is a complete custom-format archive: pg_restore reads every
