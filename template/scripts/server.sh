@@ -13,6 +13,8 @@
 #   server/data.sh        backup and restore
 #   server/status.sh      status and releases (read-only)
 #   server/provision.sh   provision, as root (with server/hardening.sh)
+#   server/jobs.sh        the workers and the scheduler, in projects that
+#                         have them: they move with each release
 #
 # DEPLOY_TRACE=1 prints every command as it runs (bash's set -x); the laptop
 # scripts pass it on.
@@ -23,6 +25,10 @@ for module in release-id common release nginx incoming images data status provis
     # shellcheck source=/dev/null
     . "$SERVER_HOME/server/$module.sh"
 done
+if [ -f "$SERVER_HOME/server/jobs.sh" ]; then
+    # shellcheck source=/dev/null
+    . "$SERVER_HOME/server/jobs.sh"
+fi
 
 usage() {
     cat <<EOF

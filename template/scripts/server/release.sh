@@ -88,16 +88,14 @@ require_image() {
 # returns. A deploy runs the release step first; a rollback does not (the
 # schema stays as the newer release left it).
 go_live() {
-    local action=$1 release=$2 source=$3 timeout=$4 keep=$5 current leftover
+    local action=$1 release=$2 source=$3 timeout=$4 keep=$5 current
     current=$(current_release)
     export APP_RELEASE=$release
     check_database_unchanged
 
-    # Leftovers of an interrupted deploy: never started, or stopped.
-    for leftover in $(containers app created) $(containers app exited); do
-        docker rm --force "$leftover" >/dev/null
-    done
+    remove_leftovers app
     converge "$current"
+    ! has_jobs || converge_jobs "$current"
 
     if [ -z "$(containers app running)" ]; then
         step "starting the stack with release $release (no app container was running)"
@@ -112,6 +110,7 @@ go_live() {
         [ "$action" = rollback ] || release_step "$release" "$current"
         switch "$release" "${current:-the old release}" "$timeout"
         record_release "$action" "$release" "$source"
+        ! has_jobs || switch_jobs "$release" "${current:-the old release}" "$timeout"
     fi
     refresh_nginx
     refresh_services
@@ -120,6 +119,17 @@ go_live() {
     prune_images "$keep"
     step "$release serves"
 }
+
+# Containers of SERVICE an interrupted deploy left: never started, or stopped.
+remove_leftovers() {
+    local leftover
+    for leftover in $(containers "$1" created) $(containers "$1" exited); do
+        docker rm --force "$leftover" >/dev/null
+    done
+}
+
+# Whether the project has workers that move with each release (server/jobs.sh).
+has_jobs() { declare -F switch_jobs >/dev/null; }
 
 # The release's SBOM (sbom.cdx.json, which scripts/deploy ships: the
 # packages in its image) stays in sboms/ as long as its image does; a
