@@ -1,156 +1,174 @@
 #!/usr/bin/env python3
-"""Build, size and serving figures for projects rendered from this template.
+"""Serving, build, size and memory figures for projects rendered from this
+template, side by side with a peer project and the frameworks' development
+servers, all measured in one run.
 
-    nox -s benchmark                         # both frameworks
-    nox -s benchmark -- --framework flask    # one
-    python scripts/benchmark.py --seconds 10 # longer load runs
+    nox -s benchmark                               # everything, into docs/benchmarks/
+    nox -s benchmark -- --framework flask --no-peer --seconds 5   # a quick look
 
-For each framework it prints:
-  - seconds from `copier copy` to every service healthy, with a cold build
-    (no build cache; base images already present);
-  - seconds for a warm rebuild and restart after a one-line code change;
-  - the app image's own layers in MB (image size minus its base image);
-  - requests/s and p99 latency for GET /healthz through nginx and direct to
-    Gunicorn, measured by the same load generator from a container on the
-    stack's network (bounded in time and count).
+One run boots, each built without layer cache:
+  - a Flask and a Django project rendered from this template (compose.yaml:
+    nginx, Gunicorn, Postgres), timing `copy` to all healthy and a warm
+    rebuild after a one-line change;
+  - the framework's development server on the same image and networks (the
+    naive setup deployment guides start from);
+  - nickjj/docker-flask-example at a pinned commit (PEER_COMMIT), from the
+    mirror given with --peer-mirror (a clone of the repository).
+Then wrk (C, from Debian, in a container on each stack's network) loads
+`/healthz`, `/` (a database write) and a static file, direct to the app
+server and through nginx: a warm-up, then ROUNDS rounds that interleave every
+series, recording the host's load average before and after each run. Memory
+per service is sampled at idle and halfway through the runs through nginx.
 
-Figures, not tests: nothing here passes or fails on a number.
-Environment: TEMPLATE_TEST_PREPARE, as for the test suite.
+Results go to OUTPUT (docs/benchmarks/): results.json, throughput.png,
+p99.png, and the generated part of README.md. Figures, not tests: nothing
+here passes or fails on a number. Environment: TEMPLATE_TEST_PREPARE, as for
+the test suite.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
+import datetime
+import os
+import subprocess
 import sys
 import tempfile
 import time
+from contextlib import ExitStack
 from pathlib import Path
 
-import docker
+from benchmarking import docker, report
+from benchmarking.figures import load_series
+from benchmarking.stacks import PEER_COMMIT, PEER_REPOSITORY, Ours, Peer, Target, prepare_images
+from benchmarking.variants import VARIANTS
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
-from conftest import FRAMEWORKS, Stack, prepare_images, render  # noqa: E402
-
-# Runs inside a container on the stack's `web` network. Keep-alive
-# connections, one per thread; stops after SECONDS or MAX_REQUESTS.
-LOAD_GENERATOR = r"""
-import http.client, json, sys, threading, time
-host, port, path, host_header = sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4]
-seconds, threads, max_requests = float(sys.argv[5]), int(sys.argv[6]), int(sys.argv[7])
-latencies, errors, lock = [], [0], threading.Lock()
-deadline = time.monotonic() + seconds
-def worker():
-    conn = http.client.HTTPConnection(host, port, timeout=5)
-    mine, failed = [], 0
-    while time.monotonic() < deadline and len(mine) < max_requests // threads:
-        start = time.perf_counter()
-        try:
-            conn.request("GET", path, headers={"Host": host_header})
-            response = conn.getresponse(); response.read()
-            if response.status != 200: failed += 1
-        except Exception:
-            failed += 1; conn.close(); conn = http.client.HTTPConnection(host, port, timeout=5)
-        mine.append(time.perf_counter() - start)
-    with lock:
-        latencies.extend(mine); errors[0] += failed
-began = time.monotonic()
-pool = [threading.Thread(target=worker) for _ in range(threads)]
-for t in pool: t.start()
-for t in pool: t.join()
-elapsed = time.monotonic() - began
-latencies.sort()
-p99 = latencies[int(len(latencies) * 0.99) - 1] if latencies else float("nan")
-summary = {"requests": len(latencies), "errors": errors[0], "rps": len(latencies) / elapsed}
-print(json.dumps({**summary, "p99_ms": p99 * 1000}))
-"""
+ROOT = Path(__file__).resolve().parent.parent
 
 
-def timed(step) -> float:
-    started = time.monotonic()
-    step()
-    return time.monotonic() - started
+def measure(targets: list[Target], args: argparse.Namespace, stacks: dict) -> list[dict]:
+    """Warm-up, then the rounds: every target once per round, in the same order."""
+    for target in targets:
+        docker.wrk(target.network, target.url, target.host, args.warmup, args.connections)
+    runs = []
+    for round_number in range(1, args.rounds + 1):
+        for target in targets:
+            owner = stacks[target.stack.split()[0]]
+            sample = (
+                (lambda owner=owner: docker.memory(owner.compose_project)) if target.sample_memory else None
+            )
+            before = docker.load_average()
+            figures, _ = docker.wrk(
+                target.network, target.url, target.host, args.seconds, args.connections, during=sample
+            )
+            after = docker.load_average()
+            for service, used in figures.pop("memory", {}).items():
+                load = owner.memory_load
+                load[service] = max(load.get(service, 0), used)
+            failures = figures["socket_errors"] + figures["non_2xx"]
+            print(
+                f"round {round_number}  {target.series:32} {figures['rps']:8.0f} req/s"
+                f"  p99 {figures['p99_ms']:7.1f} ms  failed {failures:5}  load {before:.1f} -> {after:.1f}",
+                flush=True,
+            )
+            runs.append(
+                {"series": target.series, "stack": target.stack, "path": target.path, "route": target.route,
+                 "round": round_number, "load_before": before, "load_after": after, **figures}
+            )  # fmt: skip
+    return runs
 
 
-def image_mb(client: docker.DockerClient, name: str) -> float:
-    return client.images.get(name).attrs["Size"] / 1e6
+def clone_peer(directory: Path) -> Path:
+    mirror = directory / "peer.git"
+    url = f"https://github.com/{PEER_REPOSITORY}"
+    if subprocess.run(["git", "clone", "--quiet", "--bare", url, mirror], check=False).returncode != 0:
+        raise SystemExit(f"could not clone {url}: pass a local clone with --peer-mirror, or use --no-peer")
+    return mirror
 
 
-def load(stack: Stack, python_image: str, target: str, seconds: float, threads: int) -> dict:
-    host, port = target.split(":")
-    client = docker.from_env()
-    network = f"{stack.name}_web"
-    load_arguments = [host, port, "/healthz", "localhost", str(seconds), str(threads), "200000"]
-    output = client.containers.run(
-        python_image,
-        ["python", "-c", LOAD_GENERATOR, *load_arguments],
-        network=network,
-        remove=True,
-    )
-    return json.loads(output.decode().strip().splitlines()[-1])
-
-
-def bench(framework: str, seconds: float, threads: int) -> dict:
-    client = docker.from_env()
-    with tempfile.TemporaryDirectory() as tmp:
-        project = Path(tmp) / "project"
-        results: dict = {"framework": framework}
-        stack: Stack | None = None
-        try:
-            started = time.monotonic()
-            render(project, framework=framework)
-            prepare_images(project)  # base images: already present, so this is quick
-            stack = Stack(project)
-            stack.compose("build", "--no-cache")
-            stack.up()
-            results["copy_to_healthy_s"] = time.monotonic() - started
-
-            views = next(project.glob("*/views.py"))
-            views.write_text(views.read_text() + "\n# benchmark: a one-line change\n")
-            results["warm_rebuild_s"] = timed(lambda: stack.compose("build", "app"))
-            results["warm_rebuild_and_restart_s"] = results["warm_rebuild_s"] + timed(stack.up)
-
-            app_ref = json.loads(stack.compose("images", "--format", "json", "app").stdout)[0]
-            app_name = f"{app_ref['Repository']}:{app_ref['Tag']}"
-            python_version = (project / ".python-version").read_text().strip()
-            base = f"python:{python_version}-slim"
-            results["app_layers_mb"] = image_mb(client, app_name) - image_mb(client, base)
-
-            results["nginx"] = load(stack, base, "nginx:80", seconds, threads)
-            results["gunicorn"] = load(stack, base, "app:8000", seconds, threads)
-        finally:
-            if stack:
-                stack.down()
-        return results
-
-
-def main() -> None:
+def main() -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--framework", choices=FRAMEWORKS, action="append")
-    parser.add_argument("--seconds", type=float, default=5.0, help="length of each load run (default 5)")
+    parser.add_argument("--framework", choices=("flask", "django"), action="append")
+    parser.add_argument("--seconds", type=float, default=10.0, help="each measured run (default 10)")
+    parser.add_argument("--warmup", type=float, default=3.0, help="each series' warm-up run (default 3)")
+    parser.add_argument("--rounds", type=int, default=3, help="rounds over every series (default 3)")
+    parser.add_argument("--connections", type=int, default=32, help="wrk's open connections (default 32)")
+    parser.add_argument("--no-peer", action="store_true", help=f"leave out {PEER_REPOSITORY}")
+    parser.add_argument("--no-devserver", action="store_true", help="leave out the development servers")
     parser.add_argument(
-        "--threads", type=int, default=8, help="concurrent keep-alive connections (default 8)"
+        "--peer-mirror", type=Path, help=f"a local clone of {PEER_REPOSITORY} (default: clone it from GitHub)"
     )
+    parser.add_argument(
+        "--variant",
+        action="append",
+        default=[],
+        choices=sorted(VARIANTS),
+        help="also boot the template with this tuning option, measured in the same rounds (A/B)",
+    )
+    parser.add_argument("--output", type=Path, default=ROOT / "docs" / "benchmarks", help="where results go")
+    parser.add_argument("--no-plots", action="store_true", help="skip the PNG plots (no matplotlib)")
     args = parser.parse_args()
-    rows = [bench(framework, args.seconds, args.threads) for framework in args.framework or FRAMEWORKS]
-    print()
-    print(f"{'':32}" + "".join(f"{row['framework']:>14}" for row in rows))
-    lines = [
-        ("copy to all healthy, cold (s)", lambda r: f"{r['copy_to_healthy_s']:.1f}"),
-        ("warm rebuild, 1-line change (s)", lambda r: f"{r['warm_rebuild_s']:.1f}"),
-        ("  ... and restart healthy (s)", lambda r: f"{r['warm_rebuild_and_restart_s']:.1f}"),
-        ("app image layers (MB)", lambda r: f"{r['app_layers_mb']:.1f}"),
-        ("/healthz via nginx (req/s)", lambda r: f"{r['nginx']['rps']:.0f}"),
-        ("/healthz via nginx p99 (ms)", lambda r: f"{r['nginx']['p99_ms']:.1f}"),
-        ("/healthz direct (req/s)", lambda r: f"{r['gunicorn']['rps']:.0f}"),
-        ("/healthz direct p99 (ms)", lambda r: f"{r['gunicorn']['p99_ms']:.1f}"),
-        ("failed requests (nginx/direct)", lambda r: f"{r['nginx']['errors']}/{r['gunicorn']['errors']}"),
-    ]
-    for label, value in lines:
-        print(f"{label:32}" + "".join(f"{value(row):>14}" for row in rows))
+    if args.peer_mirror and not args.peer_mirror.is_dir():
+        parser.error(
+            f"--peer-mirror {args.peer_mirror}: no such directory; give a clone of {PEER_REPOSITORY}"
+        )
+    frameworks = args.framework or ["flask", "django"]
+    results: dict = {
+        "date": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC"),
+        "machine": docker.machine(),
+        "peer_commit": PEER_COMMIT,
+        "settings": {key: getattr(args, key) for key in ("seconds", "warmup", "rounds", "connections")},
+        "stacks": {},
+    }
+    results["settings"]["load_generator"] = "wrk 4.1 (Debian trixie), 1 thread, in a container"
+    print(f"machine: {results['machine']}", flush=True)
+    docker.build_wrk_image(prepare_images)
+    with tempfile.TemporaryDirectory() as tmp, ExitStack() as cleanup:
+        stacks: dict = {}
+        targets: list[Target] = []
+        boots = [Ours(framework, Path(tmp)) for framework in frameworks]
+        boots += [Ours(framework, Path(tmp), variant) for framework in frameworks for variant in args.variant]
+        if not args.no_peer:
+            boots.append(Peer(args.peer_mirror or clone_peer(Path(tmp)), Path(tmp)))
+        for boot in boots:
+            name = getattr(boot, "name", "peer")
+            cleanup.callback(boot.down)
+            print(f"{name}: cold build and boot ...", flush=True)
+            boot.boot_cold()
+            if not getattr(boot, "variant", None):
+                print(f"{name}: warm rebuild ...", flush=True)
+                boot.rebuild_warm()
+            boot.memory_load = {}
+            stacks[name] = boot
+            print(f"{name}: {boot.timings}", flush=True)
+        for name, boot in stacks.items():
+            if name == "peer":
+                targets += boot.targets()
+            else:
+                devserver = not args.no_devserver and not boot.variant
+                if devserver:
+                    boot.start_devserver()
+                targets += boot.targets(devserver=devserver)
+        time.sleep(10)  # let start-up work settle before memory at idle
+        idle = {name: docker.memory(boot.compose_project) for name, boot in stacks.items()}
+        runs = measure(targets, args, stacks)
+        for name, boot in stacks.items():
+            results["stacks"][name] = {
+                "timings": boot.timings,
+                "app_layers_mb": boot.app_layers_mb(),
+                "memory_idle": idle[name],
+                "memory_load": boot.memory_load,
+            }
+    results["runs"] = runs
+    results["serving"] = load_series(runs)
+    results["machine"]["load_at_end"] = list(os.getloadavg())
+    page = report.write(results, args.output, plots=not args.no_plots)
+    print(f"\nwrote {args.output}/results.json and {page}\n")
+    print(report.targets_table(results))
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

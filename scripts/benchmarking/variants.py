@@ -1,0 +1,58 @@
+"""Tuning options, booted as extra stacks beside the template's own and
+measured in the same rounds (`--variant NAME`): A/B, back to back.
+
+Each is the project as rendered, with Gunicorn settings in GUNICORN_CMD_ARGS
+(which override gunicorn.conf.py) and/or text replaced in its files. One
+whose replacement no longer matches fails loudly rather than measuring the
+unchanged project.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+VARIANTS: dict[str, dict] = {
+    # Worker models: the template's gthread (2 x CPUs + 1 workers, 2 threads each).
+    "sync": {"gunicorn": "--worker-class sync"},
+    "sync4": {"gunicorn": "--worker-class sync --workers 4"},
+    "gthread3x4": {"gunicorn": "--workers 3 --threads 4"},
+    "gthread2x8": {"gunicorn": "--workers 2 --threads 8"},
+    "gthread5x1": {"gunicorn": "--threads 1"},
+    "keepalive2": {"gunicorn": "--keep-alive 2"},
+    # Gunicorn's access log off (nginx logs every request too).
+    "no-accesslog": {"gunicorn": "--access-logfile /dev/null"},
+    # nginx: buffered access log, more idle upstream connections, none at all.
+    "nginx-logbuffer": {
+        "edit": {
+            "nginx/nginx.conf": (
+                "access_log  /var/log/nginx/access.log  json;",
+                "access_log  /var/log/nginx/access.log  json  buffer=64k  flush=1s;",
+            )
+        }
+    },
+    "nginx-keepalive64": {
+        "edit": {"nginx/templates/default.conf.template": ("    keepalive 16;", "    keepalive 64;")}
+    },
+    "nginx-no-keepalive": {"edit": {"nginx/templates/default.conf.template": ("    keepalive 16;\n", "")}},
+}
+
+
+def apply(name: str, project: Path) -> dict[str, str]:
+    """Make the variant's edits in a rendered project; the environment the app needs for it."""
+    variant = VARIANTS[name]
+    for path, (old, new) in variant.get("edit", {}).items():
+        file = project / path
+        text = file.read_text()
+        if old not in text:
+            raise SystemExit(
+                f"variant {name}: {path} no longer has {old!r}; update scripts/benchmarking/variants.py"
+            )
+        file.write_text(text.replace(old, new, 1))
+    return {"GUNICORN_CMD_ARGS": variant["gunicorn"]} if "gunicorn" in variant else {}
+
+
+def override(environment: dict[str, str]) -> str:
+    """A compose file that adds the environment to the app (JSON is YAML)."""
+    import json
+
+    return json.dumps({"services": {"app": {"environment": environment}}}, indent=2) + "\n"
