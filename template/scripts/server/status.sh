@@ -45,7 +45,7 @@ cmd_status() {
         problems+=("/healthz does not answer through nginx")
     fi
     https_status
-    local previous newest
+    local previous
     previous=$(previous_release "$current")
     say "rollback  ${previous:-no earlier release}"
     if [ -f "sboms/$current.cdx.json" ]; then
@@ -56,8 +56,8 @@ cmd_status() {
     local run
     run=$(last_run)
     [ -z "$run" ] || say "last run  $run"
-    newest=$( (find backups -maxdepth 1 -name '*.dump' -printf '%f\n' 2>/dev/null || true) | sort)
-    say "backups   $(grep -c . <<<"$newest" || true), newest: $(tail -n 1 <<<"${newest:-none}")"
+    backup_status
+    alerts_status
     say "disk      $(df -h --output=avail "$APP_DIR" | tail -n 1 | tr -d ' ') free"
     if [ ${#problems[@]} -gt 0 ]; then
         local IFS=';'
@@ -79,6 +79,49 @@ https_status() {
     else
         say "https     $report"
         problems+=("the certificate needs attention: ${report%%$'\n'*}")
+    fi
+}
+
+# How many dumps backups/ holds, and the newest one's age: over 26 hours
+# (the daily backup plus two hours) needs attention, as the BackupTooOld
+# alert says. None at all is a warning only: a new server's first nightly
+# backup is still to come. Adds to the caller's problems.
+backup_status() {
+    local dumps count newest age
+    dumps=$( (find backups -maxdepth 1 -name '*.dump' -printf '%T@ %f\n' 2>/dev/null || true) | sort -n)
+    count=$(grep -c . <<<"$dumps" || true)
+    if [ "$count" -eq 0 ]; then
+        say "backups   none yet: warning, the daily backup timer makes one at 03:00 (or run scripts/backup)"
+        return 0
+    fi
+    newest=$(tail -n 1 <<<"$dumps")
+    age=$(($(date +%s) - ${newest%%.*}))
+    say "backups   $count, newest: ${newest#* } ($((age / 3600)) h old)"
+    [ "$age" -le $((26 * 3600)) ] ||
+        problems+=("the newest backup is $((age / 3600)) hours old (journalctl -u $PROJECT-backup says why)")
+}
+
+# With compose.monitoring.yaml, the alerts firing now, as Alertmanager has
+# them (silenced ones left out): each needs attention (docs/observability.md
+# says what to do). Adds to the caller's problems.
+alerts_status() {
+    local answer firing
+    if ! compose config --services | grep -qx alertmanager; then
+        say "alerts    no monitoring (docs/observability.md turns it on)"
+        return 0
+    fi
+    if ! answer=$(compose exec -T alertmanager \
+        wget -q -O - 'http://127.0.0.1:9093/api/v2/alerts?active=true&silenced=false&inhibited=false' 2>&1); then
+        say "alerts    Alertmanager does not answer: ${answer:-no output}"
+        problems+=("Alertmanager does not answer (docker compose logs alertmanager)")
+        return 0
+    fi
+    firing=$( (grep -o '"alertname": *"[^"]*"' <<<"$answer" || true) | sed 's/.*"\([^"]*\)"$/\1/' | sort -u | paste -sd ' ' -)
+    if [ -z "$firing" ]; then
+        say "alerts    none firing"
+    else
+        say "alerts    firing: ${firing// /, }"
+        problems+=("alerts firing: ${firing// /, } (docs/observability.md, \"Alerts\")")
     fi
 }
 
