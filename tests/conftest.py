@@ -77,7 +77,12 @@ def _env_flag(name: str) -> bool:
 
 
 # The VPS scenario's modules share one throwaway server and run in order.
-VPS_SCENARIO = ("test_deploy.py", "test_deploy_images.py", "test_deploy_interrupted.py")
+VPS_SCENARIO = (
+    "test_deploy.py",
+    "test_deploy_images.py",
+    "test_deploy_interrupted.py",
+    "test_deploy_with_jobs.py",
+)
 
 
 def pytest_xdist_make_scheduler(config, log):

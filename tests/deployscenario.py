@@ -1,6 +1,7 @@
-"""The throwaway VPS and the rendered project that tests/test_deploy.py and
-tests/test_deploy_interrupted.py share: one scenario in steps, across both
-files (booting and provisioning a VPS takes minutes). conftest.py makes
+"""The throwaway VPS and the rendered project that tests/test_deploy.py,
+test_deploy_images.py, test_deploy_interrupted.py and test_deploy_with_jobs.py
+share: one scenario in steps, across those files (booting and provisioning a
+VPS takes minutes). conftest.py makes
 these session fixtures; the VPS stops when the session ends."""
 
 from __future__ import annotations

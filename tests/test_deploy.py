@@ -25,8 +25,8 @@ step it starts from did not run):
   rollback          back to relB, under load; then: relB's own stylesheet
   restore           the rows of the backup; then: a truncated dump refused
 
-tests/test_deploy_images.py, then tests/test_deploy_interrupted.py go on
-from there, on the same VPS.
+tests/test_deploy_images.py, test_deploy_interrupted.py, then
+test_deploy_with_jobs.py go on from there, on the same VPS.
 """
 
 from __future__ import annotations
@@ -67,8 +67,8 @@ TABLE_DIGEST = (
 COUNTER = "SELECT value FROM counter WHERE name = 'home';"
 
 
-# The VPS and the project are shared with tests/test_deploy_interrupted.py,
-# which goes on with the scenario (tests/deployscenario.py).
+# The VPS and the project are shared with the modules that go on with the
+# scenario (tests/deployscenario.py).
 @pytest.fixture(scope="module")
 def project(deploy_project):
     return deploy_project

@@ -12,7 +12,9 @@ scripts/status fails, and the next deploy converges on one.
   ssh killed        the SSH client killed mid-switch, deploying relA
   ctrl-c            Ctrl-C mid-switch, deploying relB back
   repaired          the server's run killed mid-switch; the next deploy
-  django            the Flask site down; a Django project deployed twice
+                    converges
+
+tests/test_deploy_with_jobs.py goes on from there.
 """
 
 from __future__ import annotations
@@ -21,12 +23,10 @@ import os
 import signal
 import subprocess
 import time
-import uuid
 from collections.abc import Callable
 
 import pytest
 
-from conftest import prepare_images, render
 from vpshost import (
     Load,
     Scenario,
@@ -166,36 +166,3 @@ def test_a_switch_killed_on_the_server_is_repaired_by_the_next_deploy(vps, proje
     assert serving(vps, project) == ["relA"]
     assert script(vps, project, "status", "vps").returncode == 0
     scenario.done.append("repaired")
-
-
-def test_a_django_project_deploys_the_same_way(vps, project, scenario, tmp_path):
-    """Starts from the Flask site of the steps before, which it takes down
-    (one site per server here: it gives port 80 back). The scripts do not
-    depend on the framework; the release step does (`manage.py release`),
-    and so do /healthz's JSON and the static files. One Django release,
-    deployed, then deployed again under load: the same zero-downtime switch."""
-    scenario.starts_after("repaired")
-    _, flask_slug = project
-    down = vps.ssh("deploy", f"/srv/{flask_slug}/scripts/server.sh compose down", check=False)
-    assert down.returncode == 0, down.stdout + down.stderr
-    suffix = uuid.uuid4().hex[:6]
-    root = render(tmp_path / "django", framework="django", project_name=f"Deploy Django {suffix}")
-    slug = f"deploy_django_{suffix}"
-    django = (root, slug)
-    prepare_images(root)
-    try:
-        run(
-            "docker", "build", "--quiet", "--target", "production", "--build-arg", "APP_RELEASE=relD",
-            "--tag", f"{slug}:relD", str(root),
-        )  # fmt: skip
-        script(vps, django, "provision", "root@vps")
-        script(vps, django, "deploy", "vps", "relD")
-        assert site_release(vps) == "relD"
-
-        result, load = switch_under_load("relD", vps, django, "deploy", "vps", "relD")
-        assert "image deploy_django" in result.stdout and "is already on the server" in result.stdout
-        assert "release step" in result.stdout and "beside relD" in result.stdout
-        assert set(load.releases) == {"relD"}, load.releases
-        assert '"release": "relD"' in script(vps, django, "status", "vps").stdout
-    finally:
-        run("docker", "image", "rm", "--force", f"{slug}:relD", check=False)
