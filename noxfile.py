@@ -6,7 +6,7 @@ nox -s render       # render tests only (no Docker)
 nox -s docs         # the documentation site, into docs/_build/site (no Docker)
 nox -s stack        # stack tests only (needs a Docker engine: without one it fails)
 nox -s lock         # re-lock the generated projects' dependencies
-nox -s benchmark    # build and serving figures, printed
+nox -s benchmark    # serving, build, size and memory figures, into docs/benchmarks/
 """
 
 import os
@@ -96,13 +96,18 @@ def docs(session: nox.Session) -> None:
 def stack(session: nox.Session) -> None:
     """Boot the rendered production stacks for real and test them through nginx."""
     session.install(*TEST_DEPS)
-    session.run("pytest", "-m", "docker", *session.posargs, env=REQUIRE_DOCKER)
+    # Two workers, a module at a time (the VPS scenario's modules as one, see
+    # tests/conftest.py): much of a stack test is waiting on containers, so
+    # two overlap well on 2 cores. The longest unit, the VPS scenario, first.
+    parallel = ["-n", "2", "--dist", "loadfile", "--no-loadscope-reorder"]
+    session.run("pytest", "-m", "docker", *parallel, *session.posargs, env=REQUIRE_DOCKER)
 
 
 @nox.session
 def benchmark(session: nox.Session) -> None:
-    """Print build, size and serving figures for each framework."""
-    session.install(*TEST_DEPS)
+    """Serving, build, size and memory figures, with a peer project side by side,
+    into docs/benchmarks/ (`nox -s benchmark -- --help` for the options)."""
+    session.install(*TEST_DEPS, "matplotlib")
     session.run("python", "scripts/benchmark.py", *session.posargs)
 
 
