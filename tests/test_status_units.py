@@ -79,7 +79,9 @@ def test_alerts_firing_in_alertmanager_need_attention(server):
     ]
     result = server.run("status")
     assert "alerts    firing: AppDown, DiskAlmostFull" in result.stdout
-    assert one_line(result) == 'status: alerts firing: AppDown, DiskAlmostFull (docs/observability.md, "Alerts")'
+    assert one_line(result) == (
+        'status: alerts firing: AppDown, DiskAlmostFull (docs/observability.md, "Alerts")'
+    )
 
 
 def test_no_alert_firing_is_healthy(server):

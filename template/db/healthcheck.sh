@@ -9,14 +9,21 @@
 # which hands the app what a restore created as the superuser. docs/security.md
 # says why the app is not the superuser.
 #
+# With compose.monitoring.yaml (MONITORING_DB_PASSWORD set), the monitoring
+# role too: it logs in for the Postgres exporter, reads the statistics views
+# (pg_monitor) and can write nothing. Without, it cannot log in.
+#
 # Ready over TCP only: during first-time initialisation the entrypoint runs a
 # temporary server on the Unix socket alone, which must not count as ready.
 pg_isready -q -h 127.0.0.1 -U "$POSTGRES_USER" -d "$POSTGRES_DB" || exit 1
 first=true
 [ ! -e /tmp/app-role-ready ] || first=false
+monitoring=false
+[ -z "${MONITORING_DB_PASSWORD:-}" ] || monitoring=true
 psql -X -q -U "$POSTGRES_USER" -d "$POSTGRES_DB" \
     -v ON_ERROR_STOP=1 -v first="$first" -v app="$APP_DB_USER" -v password="$APP_DB_PASSWORD" \
-    -v createdb="$APP_DB_CREATEDB" <<'SQL' || exit 1
+    -v createdb="$APP_DB_CREATEDB" -v monitoring="$monitoring" -v monitor="${MONITORING_DB_USER:-}" \
+    -v monitor_password="${MONITORING_DB_PASSWORD:-}" <<'SQL' || exit 1
 \if :first
 SELECT format('CREATE ROLE %I', :'app') WHERE NOT EXISTS (SELECT FROM pg_roles WHERE rolname = :'app') \gexec
 ALTER ROLE :"app" WITH LOGIN NOSUPERUSER NOCREATEROLE NOREPLICATION NOBYPASSRLS PASSWORD :'password';
@@ -25,6 +32,19 @@ SELECT format('ALTER ROLE %I %s', :'app', CASE :'createdb' WHEN 'true' THEN 'CRE
 -- What the superuser creates there (a restore) the app may use at once.
 ALTER DEFAULT PRIVILEGES IN SCHEMA public GRANT ALL ON TABLES TO :"app";
 ALTER DEFAULT PRIVILEGES IN SCHEMA public GRANT ALL ON SEQUENCES TO :"app";
+\if :monitoring
+SELECT format('CREATE ROLE %I', :'monitor') WHERE NOT EXISTS (SELECT FROM pg_roles WHERE rolname = :'monitor') \gexec
+ALTER ROLE :"monitor" WITH LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE NOREPLICATION NOBYPASSRLS
+    CONNECTION LIMIT 3 PASSWORD :'monitor_password';
+ALTER ROLE :"monitor" SET default_transaction_read_only = on;
+GRANT pg_monitor TO :"monitor";
+COMMENT ON ROLE :"monitor" IS 'compose.monitoring.yaml';
+\else
+-- Overlay off: the role it created can no longer log in.
+SELECT format('ALTER ROLE %I NOLOGIN', rolname) FROM pg_roles
+WHERE rolcanlogin AND shobj_description(oid, 'pg_authid') = 'compose.monitoring.yaml'
+\gexec
+\endif
 \endif
 -- The schema, its tables, views and standalone sequences (the others follow
 -- their table), functions, enums and domains; extensions' objects stay.

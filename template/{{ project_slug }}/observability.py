@@ -1,17 +1,23 @@
-"""Logs and error reports (docs/observability.md).
+"""Logs, error reports and metrics (docs/observability.md).
 
 Every log line is one JSON object (LOG_FORMAT=json, the default in production)
 or one readable line (LOG_FORMAT=text), from the app and from Gunicorn alike,
 and carries the id of the request it belongs to: nginx sets X-Request-ID,
 RequestIdMiddleware makes it the id of whatever the app logs while serving that
-request. Errors also go to Sentry when SENTRY_DSN is set.
+request. Errors also go to Sentry when SENTRY_DSN is set. Each request is
+counted and timed by route, method and status (see "Metrics" below).
 """
 
+import glob
 import logging
 import os
 import re
+import shutil
+import threading
+import time
 import uuid
 from contextvars import ContextVar
+from functools import cache
 
 import sentry_sdk
 
@@ -144,3 +150,153 @@ def _rate(name: str) -> float:
     if not 0.0 <= rate <= 1.0:
         raise RuntimeError(f"{name} must be a number from 0 to 1, not {value!r}: fix it in .env.")
     return rate
+
+
+## Metrics ####################################################################
+#
+# Gunicorn's workers are separate processes: each writes its figures to files
+# in PROMETHEUS_MULTIPROC_DIR (gunicorn.conf.py sets it, on the /tmp tmpfs),
+# and the master process adds them up when Prometheus asks, on METRICS_PORT.
+# nginx never proxies that port: metrics are reachable on the containers'
+# networks only. prometheus_client is imported on first use, once Gunicorn
+# has set the directory, since it picks its mode when imported.
+
+METRICS_PORT = 8001
+
+# Request latencies, in seconds, from a cached page to a slow report.
+LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+
+# Anything else is counted as "other": a client must not invent label values.
+METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
+
+# Where the framework leaves the route a request matched, in the WSGI environ.
+ROUTE_KEY = "app.route"
+
+
+@cache
+def _request_metrics():
+    from prometheus_client import Counter, Histogram
+
+    labels = ("route", "method", "status")
+    requests = Counter("http_requests", "Requests answered, by route, method and status.", labels)
+    latency = Histogram(
+        "http_request_duration_seconds",
+        "Time to answer a request, by route, method and status.",
+        labels,
+        buckets=LATENCY_BUCKETS,
+    )
+    return requests, latency
+
+
+def record_request(route: str | None, method: str, status: int | str, seconds: float) -> None:
+    """Counts one answered request. The route is the pattern the request
+    matched (/items/<id>), never its path, so that the series stay few;
+    requests that matched none are counted together as "unmatched"."""
+    labels = (route or "unmatched", method if method in METHODS else "other", str(status))
+    requests, latency = _request_metrics()
+    requests.labels(*labels).inc()
+    latency.labels(*labels).observe(seconds)
+
+
+class MetricsMiddleware:
+    """WSGI middleware (Flask): counts and times each request. The app puts
+    the route it matched in environ[ROUTE_KEY]."""
+
+    def __init__(self, app):
+        self.app = app
+
+    def __call__(self, environ, start_response):
+        start = time.perf_counter()
+        status = "500"
+
+        def note_status(line, headers, *args):
+            nonlocal status
+            status = line.split(" ", 1)[0]
+            return start_response(line, headers, *args)
+
+        try:
+            return self.app(environ, note_status)
+        finally:
+            seconds = time.perf_counter() - start
+            record_request(environ.get(ROUTE_KEY), environ.get("REQUEST_METHOD", ""), status, seconds)
+
+
+class DjangoMetricsMiddleware:
+    """Django middleware, first in MIDDLEWARE: counts and times each request
+    by the URL pattern it resolved to. The health checks are answered before
+    URL resolution (HealthCheckMiddleware): they keep their own path."""
+
+    unresolved_routes = frozenset({"/healthz", "/readyz"})
+
+    def __init__(self, get_response):
+        self.get_response = get_response
+
+    def __call__(self, request):
+        start = time.perf_counter()
+        response = self.get_response(request)
+        match = request.resolver_match
+        if match is not None:
+            route = "/" + match.route
+        else:
+            route = request.path_info if request.path_info in self.unresolved_routes else None
+        record_request(route, request.method, response.status_code, time.perf_counter() - start)
+        return response
+
+
+def metrics_dir() -> str:
+    return os.environ["PROMETHEUS_MULTIPROC_DIR"]
+
+
+def clear_metrics() -> None:
+    """Gunicorn's on_starting: a restarted container starts from zero, as
+    Prometheus expects of counters after a restart."""
+    shutil.rmtree(metrics_dir(), ignore_errors=True)
+    os.makedirs(metrics_dir())
+
+
+# Held while a worker's figures move to the archive, so a scrape never sees
+# them twice or not at all.
+_archive_lock = threading.Lock()
+
+
+def archive_worker_metrics(pid: int) -> None:
+    """Gunicorn's child_exit: adds an exited worker's counts to one archive
+    file per kind and deletes its own files. Gunicorn replaces each worker
+    after max_requests: without this, a file per worker ever started would
+    pile up in memory and be read at every scrape."""
+    from prometheus_client.mmap_dict import MmapedDict
+
+    with _archive_lock:
+        for kind in ("counter", "histogram"):
+            path = os.path.join(metrics_dir(), f"{kind}_{pid}.db")
+            if not os.path.exists(path):
+                continue
+            archive = MmapedDict(os.path.join(metrics_dir(), f"{kind}_archive.db"))
+            try:
+                for key, value, timestamp, _ in MmapedDict.read_all_values_from_file(path):
+                    archive.write_value(key, archive.read_value(key)[0] + value, timestamp)
+            finally:
+                archive.close()
+            os.remove(path)
+
+
+class _ArchiveSafeCollector:
+    def __init__(self, path: str):
+        from prometheus_client.multiprocess import MultiProcessCollector
+
+        self.path = path
+        self.merge = MultiProcessCollector.merge
+
+    def collect(self):
+        with _archive_lock:
+            return self.merge(glob.glob(os.path.join(self.path, "*.db")), accumulate=True)
+
+
+def serve_metrics(port: int = METRICS_PORT) -> None:
+    """Gunicorn's when_ready: the master process serves every worker's
+    figures, added up, in a thread of its own."""
+    from prometheus_client import CollectorRegistry, start_http_server
+
+    registry = CollectorRegistry()
+    registry.register(_ArchiveSafeCollector(metrics_dir()))
+    start_http_server(port, registry=registry)
