@@ -217,8 +217,8 @@ class MetricsMiddleware:
         try:
             return self.app(environ, note_status)
         finally:
-            seconds = time.perf_counter() - start
-            record_request(environ.get(ROUTE_KEY), environ.get("REQUEST_METHOD", ""), status, seconds)
+            method = environ.get("REQUEST_METHOD", "")
+            record_request(environ.get(ROUTE_KEY), method, status, time.perf_counter() - start)
 
 
 class DjangoMetricsMiddleware:
