@@ -6,7 +6,9 @@ running are in tests/test_monitoring.py."""
 
 from __future__ import annotations
 
+import os
 import re
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -129,3 +131,16 @@ def test_every_alert_is_documented_and_unit_tested(project):
     guide = (project / "docs" / "observability.md").read_text()
     undocumented = [alert for alert in alerts if not re.search(rf"^### {alert}$", guide, re.MULTILINE)]
     assert not undocumented, f"alerts without a section in docs/observability.md: {undocumented}"
+
+
+@pytest.mark.parametrize("tls", [False, True], ids=["http", "https"])
+def test_the_overlay_is_valid_compose_and_says_what_it_needs(project, tls):
+    files = ["compose.yaml", *(["compose.tls.yaml"] if tls else []), "compose.monitoring.yaml"]
+    command = ["docker", "compose", *(arg for file in files for arg in ("-f", file)), "config", "-q"]
+    env = {**os.environ, "MONITORING_DB_PASSWORD": "x"}
+    result = subprocess.run(command, cwd=project, env=env, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    del env["MONITORING_DB_PASSWORD"]
+    missing = subprocess.run(command, cwd=project, env=env, capture_output=True, text=True)
+    assert missing.returncode != 0
+    assert "MONITORING_DB_PASSWORD is not set in .env; add a new random one" in missing.stderr
