@@ -281,6 +281,8 @@ def archive_worker_metrics(pid: int) -> None:
 
 
 class _ArchiveSafeCollector:
+    """Every worker's files and the archive, added up, read under the archive's lock."""
+
     def __init__(self, path: str):
         from prometheus_client.multiprocess import MultiProcessCollector
 
