@@ -173,8 +173,10 @@ def test_env_holds_strong_fresh_secrets(tmp_path):
 
 def test_env_example_documents_every_variable_compose_reads(project):
     compose = (project / "compose.yaml").read_text()
-    used = set(re.findall(r"\$\{([A-Z_]+)", compose))
-    documented = set(re.findall(r"^#?\s?([A-Z_]+)=", (project / ".env.example").read_text(), re.MULTILINE))
+    used = set(re.findall(r"\$\{([A-Z][A-Z0-9_]*)", compose))
+    documented = set(
+        re.findall(r"^#?\s?([A-Z][A-Z0-9_]*)=", (project / ".env.example").read_text(), re.MULTILINE)
+    )
     assert used - documented == set()
 
 

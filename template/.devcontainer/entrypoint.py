@@ -14,8 +14,9 @@ import os
 import sys
 
 CODE = "/app"
-# The volume the release step (the migrate service) publishes static files to.
-STATIC = "/srv/static"
+# The volumes the release step (the migrate service) publishes static files
+# to, and uploads go to.
+VOLUMES = ("/srv/static", "/srv/media")
 DEBUGPY = ["-m", "debugpy", "--listen", "0.0.0.0:5678"]
 
 
@@ -27,8 +28,9 @@ def main() -> None:
     if os.getuid() == 0 and owner.st_uid != 0:
         # Needs CHOWN, SETGID and SETUID (compose.override.yaml adds them);
         # switching away from root drops every capability, those included.
-        if os.path.ismount(STATIC):
-            os.chown(STATIC, owner.st_uid, owner.st_gid)
+        for volume in VOLUMES:
+            if os.path.ismount(volume):
+                os.chown(volume, owner.st_uid, owner.st_gid)
         os.setgroups([])
         os.setgid(owner.st_gid)
         os.setuid(owner.st_uid)
