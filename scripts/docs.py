@@ -46,16 +46,19 @@ REPOSITORY_PAGES = {
     "docs/architecture.md": "design/architecture.md",
     "docs/deploy-design.md": "design/deploy-design.md",
     "docs/releasing.md": "design/releasing.md",
+    "docs/benchmarks/README.md": "benchmarks/index.md",
 }
 PROJECT_PAGES = {
     "README.md": "project/index.md",
     "docs/deploy.md": "project/deploy.md",
+    "docs/email.md": "project/email.md",
     "docs/https.md": "project/https.md",
     "docs/jobs.md": "project/jobs.md",
     "docs/observability.md": "project/observability.md",
     "docs/security.md": "project/security.md",
     "docs/supply-chain.md": "project/supply-chain.md",
     "docs/updating.md": "project/updating.md",
+    "docs/uploads.md": "project/uploads.md",
 }
 # The scripts that run on the server, not from a laptop: no reference entry.
 SERVER_SIDE = {"lib.sh", "server.sh"}
@@ -231,7 +234,8 @@ def rewrite_links(text: str, source: str, mapping: dict[str, str], target: str, 
             return f"[{label}]({base_url}/{resolved})"
         return label
 
-    return re.sub(r"\[([^\]]+)\]\(([^)\s]+)\)", replace, text)
+    # Not images (![alt](plot.png)): they are copied beside their page.
+    return re.sub(r"(?<!!)\[([^\]]+)\]\(([^)\s]+)\)", replace, text)
 
 
 def repository_url() -> str | None:
@@ -300,6 +304,9 @@ def assemble(projects: dict[str, Path], pages: Path = PAGES) -> Path:
             text = f"{title}\n\n*{where.format(source)}*\n\n{body}".lstrip()
             (pages / target).parent.mkdir(parents=True, exist_ok=True)
             (pages / target).write_text(text)
+    # The benchmark's plots, beside its page.
+    for plot in sorted((ROOT / "docs" / "benchmarks").glob("*.png")):
+        shutil.copy2(plot, pages / "benchmarks" / plot.name)
     render_diagrams(pages)
     return pages
 
