@@ -133,7 +133,7 @@ def main() -> int:
         if not args.no_peer:
             boots.append(Peer(args.peer_mirror or clone_peer(Path(tmp)), Path(tmp)))
         for boot in boots:
-            name = getattr(boot, "name", "peer")
+            name = boot.name
             cleanup.callback(boot.down)
             print(f"{name}: cold build and boot ...", flush=True)
             boot.boot_cold()

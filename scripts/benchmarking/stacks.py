@@ -8,8 +8,10 @@ import json
 import os
 import re
 import secrets
+import shutil
 import subprocess
 import sys
+import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -64,7 +66,12 @@ class Ours:
 
     def boot_cold(self) -> None:
         started = time.monotonic()
-        render(self.project, framework=self.framework)
+        if self.variant:
+            # The template's project as rendered for its own stack: the
+            # template may change on disk meanwhile, the variant must not.
+            shutil.copytree(self.project.parent / self.framework, self.project, symlinks=True)
+        else:
+            render(self.project, framework=self.framework)
         self.timings["copy_s"] = time.monotonic() - started
         prepare_images(self.project)  # base images: already present, so this is quick
         files = ("compose.yaml",)
@@ -79,16 +86,22 @@ class Ours:
         self.stack.env.update(OUR_SETTINGS, APP_RELEASE=f"benchmark-{self.name.replace('+', '-')}")
         # A variant's image is the template's: built from cache.
         build = ("build",) if self.variant else ("build", "--no-cache")
-        self.timings["build_cold_s"] = timed(lambda: self.stack.compose(*build))
+        self.timings["build_cold_s"] = timed(lambda: self.compose(*build))
         self.timings["up_cold_s"] = timed(self.stack.up)
         # Without the time prepare_images took: base images are meant to be present.
         self.timings["copy_to_healthy_s"] = self.timings["copy_s"] + time.monotonic() - started
+
+    def compose(self, *args: str) -> str:
+        try:
+            return self.stack.compose(*args).stdout
+        except subprocess.CalledProcessError as error:
+            raise RuntimeError(f"`docker compose {' '.join(args)}` failed:\n{error.stderr[-3000:]}") from None
 
     def rebuild_warm(self) -> None:
         views = self.project / self.project.name.replace("-", "_") / "views.py"
         views = views if views.exists() else next(self.project.glob("*/views.py"))
         views.write_text(views.read_text() + "\n# benchmark: a one-line change\n")
-        self.timings["build_warm_s"] = timed(lambda: self.stack.compose("build", "app"))
+        self.timings["build_warm_s"] = timed(lambda: self.compose("build", "app"))
         self.timings["up_warm_s"] = timed(self.stack.up)
 
     def app_layers_mb(self) -> float:
@@ -161,7 +174,8 @@ class Peer:
     def __init__(self, mirror: Path, workdir: Path):
         self.mirror = mirror
         self.project = workdir / "peer"
-        self.name = f"benchpeer{secrets.token_hex(3)}"
+        self.name = "peer"
+        self.compose_name = f"benchpeer{secrets.token_hex(3)}"
         self.env: dict[str, str] = {}
         self.timings: dict[str, float] = {}
 
@@ -185,7 +199,12 @@ class Peer:
         # Its entrypoint copies the built assets into ./public as UID 1000.
         (self.project / "public").chmod(0o777)
         prepare_images(self.project)
-        self.env = {**os.environ, "COMPOSE_PROJECT_NAME": self.name}
+        # Images it copies files from (uv), which prepare's scan of FROM lines misses.
+        copied = re.findall(r"^COPY\s.*--from=(\S+:\S+)", (self.project / "Dockerfile").read_text(), re.M)
+        with tempfile.TemporaryDirectory() as context:
+            Path(context, "Dockerfile").write_text("".join(f"FROM {image}\n" for image in copied))
+            prepare_images(Path(context))
+        self.env = {**os.environ, "COMPOSE_PROJECT_NAME": self.compose_name}
         self.timings["build_cold_s"] = timed(lambda: self.compose("build", "--no-cache"))
         self.timings["up_cold_s"] = timed(self.up)
         self.timings["copy_to_healthy_s"] = self.timings["build_cold_s"] + self.timings["up_cold_s"]
@@ -225,10 +244,10 @@ class Peer:
         self.timings["up_warm_s"] = timed(self.up)
 
     def app_layers_mb(self) -> float:
-        return app_layers_mb(f"{self.name}-web", self.base_image)
+        return app_layers_mb(f"{self.compose_name}-web", self.base_image)
 
     def targets(self) -> list[Target]:
-        network = f"{self.name}_default"
+        network = f"{self.compose_name}_default"
         page = self.compose("exec", "-T", "web", "curl", "-fsS", "localhost:8000/")
         # Flask checks the Host against its SERVER_NAME, localhost:8000 by default.
         found = [
@@ -239,7 +258,7 @@ class Peer:
 
     @property
     def compose_project(self) -> str:
-        return self.name
+        return self.compose_name
 
     def down(self) -> None:
         if self.env:
