@@ -5,7 +5,9 @@ keep browsers from running them, both refuse a body over MAX_UPLOAD_SIZE,
 and server.sh's backup and restore carry the volume beside the dump. With
 AWS_STORAGE_BUCKET_NAME set, files go to an S3-compatible bucket instead.
 
-Render tests check the compose wiring without an engine. The Docker tests
+Render tests check the compose wiring without an engine, and the laptop's
+scripts/backup and scripts/restore carrying the archive over a fake ssh
+(tests/test_deploy_cli.py's). The Docker tests
 boot one stack per framework (with MAX_UPLOAD_SIZE=1m) and, in order: upload
 through nginx and fetch back byte-identical, with the safe headers; refuse a
 body over the limit with a 413 page; keep the files across new app and nginx
@@ -16,6 +18,7 @@ in a container on the stack's network) and upload to the bucket.
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import re
@@ -93,6 +96,67 @@ def test_s3_settings_reach_the_app_under_their_standard_names(rendered):
     assert {name: app[name] for name in names} == env
     example = (rendered / ".env.example").read_text()
     assert all(re.search(rf"^# {name}=", example, re.M) for name in [*names, "MAX_UPLOAD_SIZE"]), example
+
+
+# The laptop's scripts/backup and scripts/restore, with test_deploy_cli's fake ssh.
+
+
+@pytest.fixture
+def fake(tmp_path_factory, tmp_path):
+    from test_deploy_cli import Fake
+
+    project = render(tmp_path_factory.mktemp("cli") / "project")
+    return Fake(project, tmp_path)
+
+
+def test_backup_downloads_the_uploaded_files_beside_the_dump(fake, tmp_path):
+    result = fake.run("backup", "host", "--to", str(tmp_path / "copies"))
+    assert result.returncode == 0, result.stderr
+    assert "test -f /srv/my_app/backups/my_app-1.media.tar " in fake.lines("commands")
+    assert "cat /srv/my_app/backups/my_app-1.media.tar " in fake.lines("commands")
+    assert sorted(path.name for path in (tmp_path / "copies").iterdir()) == [
+        "my_app-1.dump",
+        "my_app-1.media.tar",
+    ]
+
+
+def tar_of(files: dict[str, bytes]) -> bytes:
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w") as archive:
+        for name, content in files.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(content)
+            archive.addfile(info, io.BytesIO(content))
+    return buffer.getvalue()
+
+
+def test_restore_uploads_the_archive_beside_a_local_dump(fake, tmp_path):
+    (tmp_path / "my_app-1.dump").write_bytes(b"PGDMP rows")
+    archive = tar_of({"./uploads/a.png": b"\x89PNG" * 300})
+    (tmp_path / "my_app-1.media.tar").write_bytes(archive)
+    result = fake.run("restore", "--yes", "host", str(tmp_path / "my_app-1.dump"))
+    assert result.returncode == 0, result.stderr
+    assert "with the uploaded files in my_app-1.media.tar" in result.stdout
+    assert (fake.log / "stdin").read_bytes() == b"PGDMP rows" + archive
+    uploads = [line for line in fake.lines("commands") if line.startswith("sh -c umask")]
+    assert [line.split()[-1] for line in uploads] == [
+        "/srv/my_app/backups/uploaded/my_app-1.dump",
+        "/srv/my_app/backups/uploaded/my_app-1.media.tar",
+    ], uploads
+    assert fake.server_commands[-1].endswith("/scripts/server.sh restore uploaded/my_app-1.dump ")
+
+
+def test_restore_refuses_a_truncated_archive_before_any_ssh(fake, tmp_path):
+    (tmp_path / "my_app-1.dump").write_bytes(b"PGDMP rows")
+    archive = tar_of({"./uploads/a.bin": b"x" * 5000})
+    (tmp_path / "my_app-1.media.tar").write_bytes(archive[:2000])
+    result = fake.run("restore", "--yes", "host", str(tmp_path / "my_app-1.dump"))
+    assert result.returncode != 0
+    assert result.stderr.strip().splitlines()[-1] == (
+        f"restore: {tmp_path}/my_app-1.media.tar is not a whole tar archive (truncated or another format):"
+        " nothing changed"
+    )
+    assert fake.lines("argv") == []
 
 
 # --- On a running stack ---
