@@ -254,7 +254,9 @@ def test_provision_ships_server_sh_with_its_modules(fake, project, tmp_path):
     run = [command for command in fake.lines("commands") if "./server.sh" in command]
     assert len(run) == 1
     assert " /tmp/stage /tmp/stage env DEPLOY_TRACE=1 bash ./server.sh provision --project my_app " in run[0]
-    assert run[0].endswith(" --swap 0 --key-file key-0.pub --key-file key-1.pub ")
+    # The monitoring overlay's database password is generated on the server too.
+    keys = " --key-file key-0.pub --key-file key-1.pub "
+    assert run[0].endswith(" --swap 0 --secret MONITORING_DB_PASSWORD" + keys)
 
 
 def test_restore_reads_the_answer_piped_to_it_and_uploads_apart(fake, tmp_path):
