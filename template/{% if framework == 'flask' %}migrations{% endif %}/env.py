@@ -1,13 +1,12 @@
 """Alembic environment: runs migrations with the Flask app's database engine."""
 
 import logging
-from logging.config import fileConfig
 
 from alembic import context
 from flask import current_app
 
 config = context.config
-fileConfig(config.config_file_name)
+# Logging is the app's (JSON lines, observability.py): alembic.ini sets none.
 logger = logging.getLogger("alembic.env")
 
 db = current_app.extensions["migrate"].db
