@@ -206,6 +206,8 @@ IMPORT_NAMES = {
     "attrs": ["attr", "attrs"],
     "pyyaml": ["yaml"],
     "pytest": ["pytest", "py"],
+    "atpublic": ["public"],
+    "django-storages": ["storages"],
 }
 
 
