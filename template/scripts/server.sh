@@ -46,8 +46,8 @@ The server side of the deploy scripts: they run it over SSH as
   tag IMAGE RELEASE             name IMAGE <project>:RELEASE
   pull IMAGE RELEASE            pull IMAGE, then name it <project>:RELEASE
   refresh-images [--postgres]   newer builds of nginx, certbot (and postgres)
-  backup                        pg_dump into backups/, keeping BACKUP_KEEP (14)
-  restore FILE                  pg_restore FILE (in backups/) into the database
+  backup                        pg_dump and the uploaded files into backups/ (BACKUP_KEEP, 14)
+  restore FILE                  FILE (in backups/) into the database, its .media.tar into media
   status                        release, health, what nginx serves
   compose ARGS...               docker compose, as the deploy scripts run it
 

@@ -340,7 +340,7 @@ EOF
 provision_timers() {
     local project=$1 user=$2 app_dir=$3
     provision_timer "$project-backup" "$user" "daily, keeps 14 dumps" "*-*-* 03:00:00" \
-        "$app_dir/scripts/server.sh backup" "Back up the $project database (pg_dump into $app_dir/backups)" \
+        "$app_dir/scripts/server.sh backup" "Back up the $project database and uploaded files (into $app_dir/backups)" \
         "# How many dumps to keep in $app_dir/backups.
 Environment=BACKUP_KEEP=14"
     # Images other than the app's get their fixes from newer builds of their
