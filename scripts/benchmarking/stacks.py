@@ -45,10 +45,10 @@ class Target:
 
 
 def stylesheet(page: str) -> str:
-    """The first stylesheet a page links to, under /static/."""
-    match = re.search(r'href="(/static/[^"]+\.css)"', page)
+    """The path of the first stylesheet a page links to (its URL may hold the host)."""
+    match = re.search(r'href="(?:https?://[^/"]+)?(/[^"]+\.css(?:\?[^"]*)?)"', page)
     if not match:
-        raise RuntimeError("the home page links no stylesheet under /static/: no static file to measure")
+        raise RuntimeError(f"the home page links no stylesheet: no static file to measure:\n{page[:2000]}")
     return match.group(1)
 
 
