@@ -165,6 +165,8 @@ def main() -> int:
     results["serving"] = load_series(runs)
     results["machine"]["load_at_end"] = list(os.getloadavg())
     page = report.write(results, args.output, plots=not args.no_plots)
+    if args.output.resolve() == (ROOT / "docs" / "benchmarks").resolve():
+        report.write_headline(results, ROOT / "README.md")
     print(f"\nwrote {args.output}/results.json and {page}\n")
     print(report.targets_table(results))
     return 0

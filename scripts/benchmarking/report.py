@@ -189,3 +189,49 @@ def write(results: dict, directory: Path, plots: bool = True) -> Path:
     generated = f"{BEGIN}\n\n{generated_part(results, written)}\n\n{END}"
     page.write_text(re.sub(re.escape(BEGIN) + r".*?" + re.escape(END), lambda _: generated, text, flags=re.S))
     return page
+
+
+def headline(results: dict) -> str:
+    """The README's few lines: each stack's main figures, and where they were measured."""
+    serving = results["serving"]
+
+    def figure(series: str, key: str, digits: int = 0) -> str:
+        found = serving.get(series)
+        return fmt(found and found[key]["median"], digits)
+
+    rows = []
+    for name, stack in results["stacks"].items():
+        route = "direct" if name == "peer" else "nginx"
+        rows.append(
+            [name, figure(f"{name} /healthz {route}", "rps"), figure(f"{name} /healthz {route}", "p99_ms", 1),
+             figure(f"{name} / {route}", "rps"), figure(f"{name} / {route}", "p99_ms", 1),
+             fmt(stack.get("app_layers_mb"), 1), fmt(stack["timings"].get("copy_to_healthy_s"), 1),
+             fmt(total_mb(stack["memory_idle"]))]
+        )  # fmt: skip
+    header = [
+        "stack",
+        "`/healthz` req/s",
+        "p99 ms",
+        "`/` req/s",
+        "p99 ms",
+        "app layers MB",
+        "to healthy s",
+        "idle MB",
+    ]
+    loads = [load for figures in serving.values() for load in figures["load"]]
+    return (
+        markdown_table(header, rows)
+        + f"\n\nThrough nginx (the peer has none: direct), {results['settings']['connections']} connections, "
+        f"medians of {results['settings']['rounds']} rounds; measured {results['date']} on "
+        f"{results['machine']['cores']} cores with a load average of {min(loads):.1f} to {max(loads):.1f}."
+    )
+
+
+def write_headline(results: dict, readme: Path) -> None:
+    """The figures between the README's markers, if it has them."""
+    text = readme.read_text()
+    if BEGIN in text and END in text:
+        generated = f"{BEGIN}\n\n{headline(results)}\n\n{END}"
+        readme.write_text(
+            re.sub(re.escape(BEGIN) + r".*?" + re.escape(END), lambda _: generated, text, flags=re.S)
+        )
