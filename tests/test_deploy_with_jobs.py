@@ -23,6 +23,7 @@ import subprocess
 import threading
 import time
 import uuid
+from datetime import UTC, datetime
 
 import pytest
 import requests
@@ -96,7 +97,8 @@ def test_a_django_project_deploys_the_same_way(vps, django, scenario):
 
 class JobStream:
     """Posts the home page's job form through nginx, one after another, until
-    stopped; counts the posts that were accepted (each enqueued one job)."""
+    stopped; counts the posts that were accepted (each enqueued one job) and
+    notes those that were not."""
 
     def __init__(self, port: int):
         self.url = f"http://127.0.0.1:{port}"
@@ -121,12 +123,13 @@ class JobStream:
                         timeout=15,
                     )
                 except requests.RequestException as error:
-                    self.failures.append(repr(error))
+                    self.failures.append(f"{datetime.now(UTC):%H:%M:%S.%f} {error!r}")
                 else:
                     if response.status_code in (302, 303):
                         self.accepted += 1
                     else:
-                        self.failures.append(f"HTTP {response.status_code}")
+                        when = f"{datetime.now(UTC):%H:%M:%S.%f}"
+                        self.failures.append(f"{when} HTTP {response.status_code}: {response.text[:300]}")
                 time.sleep(0.2)
 
     def __enter__(self) -> JobStream:
@@ -187,7 +190,13 @@ def test_jobs_enqueued_across_a_deploy_and_a_rollback_each_run_once(vps, django,
         rollback = script(vps, django, "rollback", "vps").stdout
     assert enqueued and enqueued[0].returncode == 0, enqueued
     assert site_release(vps) == "relD"
-    assert stream.failures == [], stream.failures[:10]
+    # nginx resends a GET that an old container dropped, never a POST, which
+    # may have run: a post that lands on an old container as it stops is
+    # refused (docs/deploy.md, "Requests during the switch"), and enqueues nothing.
+    print(f"job posts: {stream.accepted} accepted, refused: {stream.failures}")
+    explained = f"{stream.failures}\n{deploy}\n{rollback}"
+    assert all(" HTTP 50" in failure for failure in stream.failures), explained
+    assert len(stream.failures) < stream.accepted / 20, explained
     assert stream.accepted >= 50, f"too few jobs to prove anything: {stream.accepted}"
 
     for output, old, new in ((deploy, "relD", "relE"), (rollback, "relE", "relD")):
