@@ -136,7 +136,7 @@ class Ours:
             for path in ("/healthz", "/"):
                 found.append(
                     Target(
-                        self.framework,
+                        self.name,
                         path,
                         route,
                         network,
@@ -145,7 +145,7 @@ class Ours:
                         route == "nginx" and path == "/",
                     )
                 )
-        found.append(Target(self.framework, "static", "nginx", network, "http://nginx" + static, "localhost"))
+        found.append(Target(self.name, "static", "nginx", network, "http://nginx" + static, "localhost"))
         if devserver:
             for path in ("/healthz", "/"):
                 url = f"http://{self.devserver}:8000{path}"
