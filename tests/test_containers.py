@@ -204,10 +204,10 @@ def test_development_and_https_keep_the_hardening(project):
     entrypoint = {"CHOWN", "SETGID", "SETUID"}
     dev_capabilities = {
         **CAPABILITIES,
-        **{name: entrypoint for name in ("app", "migrate", "worker", "scheduler")},
+        **{name: entrypoint for name in ("app", "migrate", "worker", "scheduler", "mail")},
     }
     for name, service in dev.items():
-        check_hardening(name, service, dev_capabilities[name], name in READ_ONLY)
+        check_hardening(name, service, dev_capabilities[name], name in READ_ONLY | {"mail"})
     assert "/app" in [volume["target"] for volume in dev["app"]["volumes"]], "the code is bind-mounted"
     tls = compose_config(project, "compose.yaml", "compose.tls.yaml")
     for name, service in tls.items():
