@@ -178,7 +178,16 @@ class Stack:
         self.name = f"tt{uuid.uuid4().hex[:10]}"
         self.files = files
         self.http_port = free_port()
-        self.env = {**os.environ, "HTTP_PORT": str(self.http_port), "COMPOSE_PROJECT_NAME": self.name}
+        # Its own image tag (the app's image is PROJECT_SLUG:APP_RELEASE): the
+        # stack tests run on two workers, which render projects of the same
+        # name and would otherwise start each other's image.
+        self.release = f"dev-{self.name}"
+        self.env = {
+            **os.environ,
+            "HTTP_PORT": str(self.http_port),
+            "COMPOSE_PROJECT_NAME": self.name,
+            "APP_RELEASE": self.release,
+        }
 
     @property
     def url(self) -> str:

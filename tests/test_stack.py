@@ -48,7 +48,7 @@ def stylesheet(page: str) -> str:
 def test_health_endpoints_through_nginx(stack: Stack):
     healthz = stack.get("/healthz")
     assert healthz.status_code == 200
-    assert healthz.json() == {"status": "ok", "release": "dev"}
+    assert healthz.json() == {"status": "ok", "release": stack.release}
     readyz = stack.get("/readyz")
     assert readyz.status_code == 200
     assert readyz.json()["status"] == "ok"
