@@ -271,8 +271,9 @@ class Load:
     # Answered by the app; /static/ is nginx's own.
     APP_PATHS = frozenset({"/healthz", "/"})
     MIN_REQUESTS = 300
-    # A request sent to an old address waits out proxy_connect_timeout (2 s)
-    # before nginx retries it; with a 2-core machine busy starting containers.
+    # A request sent to an old address waits out proxy_connect_timeout
+    # (250 ms) before nginx retries it, on a 2-core machine busy starting
+    # containers.
     MAX_LATENCY = 5.0
     AROUND = 2.0
     MIN_AROUND = 10
