@@ -163,6 +163,21 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
+def compose_config(project: Path, *files: str, env: dict[str, str] | None = None) -> dict:
+    """The project's compose files (compose.yaml unless FILES) as compose resolves
+    them, with ENV over this process's environment: the docker CLI only, no engine."""
+    command = ["docker", "compose", *(arg for file in files or ("compose.yaml",) for arg in ("-f", file))]
+    result = subprocess.run(
+        [*command, "config", "--format", "json"],
+        cwd=project,
+        capture_output=True,
+        text=True,
+        env={**os.environ, **(env or {})},
+    )
+    assert result.returncode == 0, result.stderr
+    return json.loads(result.stdout)
+
+
 def prepare_images(project: Path) -> None:
     """Run TEMPLATE_TEST_PREPARE on the project, if set (e.g. to provide base images)."""
     command = os.environ.get("TEMPLATE_TEST_PREPARE")

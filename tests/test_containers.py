@@ -11,15 +11,12 @@ the kernel what each container really got.
 
 from __future__ import annotations
 
-import json
-import os
 import re
-import subprocess
 
 import docker
 import pytest
 
-from conftest import FRAMEWORKS, Stack, booted, render
+from conftest import FRAMEWORKS, Stack, booted, compose_config, render
 
 # The capabilities each service keeps, and why (compose.yaml says the same):
 # db: the postgres entrypoint starts as root, makes the data and socket
@@ -117,21 +114,6 @@ def expected_services(project) -> set[str]:
     return set(CAPABILITIES) if jobs else set(CAPABILITIES) - JOB_SERVICES
 
 
-def compose_config(project, *files: str, env: dict[str, str] | None = None) -> dict:
-    args = ["docker", "compose"]
-    for file in files:
-        args += ["-f", file]
-    result = subprocess.run(
-        [*args, "config", "--format", "json"],
-        cwd=project,
-        capture_output=True,
-        text=True,
-        env={**os.environ, **(env or {})},
-    )
-    assert result.returncode == 0, result.stderr
-    return json.loads(result.stdout)["services"]
-
-
 def check_hardening(name: str, service: dict, capabilities: set[str], read_only: bool) -> None:
     assert service.get("cap_drop") == ["ALL"], f"{name}: cap_drop is {service.get('cap_drop')}"
     assert set(service.get("cap_add") or []) == capabilities, f"{name}: cap_add is {service.get('cap_add')}"
@@ -144,7 +126,7 @@ def check_hardening(name: str, service: dict, capabilities: set[str], read_only:
 
 
 def test_every_production_service_is_hardened(project):
-    services = compose_config(project, "compose.yaml")
+    services = compose_config(project, "compose.yaml")["services"]
     assert set(services) == expected_services(project)
     for name, service in services.items():
         check_hardening(name, service, CAPABILITIES[name], name in READ_ONLY)
@@ -180,7 +162,7 @@ def test_limits_follow_the_env_knobs(project):
         "SCHEDULER_MEMORY_LIMIT": "160m",
         "SCHEDULER_PIDS_LIMIT": "24",
     }
-    services = compose_config(project, "compose.yaml", env=knobs)
+    services = compose_config(project, "compose.yaml", env=knobs)["services"]
     limits = {name: service["deploy"]["resources"]["limits"] for name, service in services.items()}
     expected = {
         "app": (300 * MiB, 99),
@@ -198,7 +180,7 @@ def test_limits_follow_the_env_knobs(project):
 
 def test_development_and_https_keep_the_hardening(project):
     # Development runs under the same restrictions (compose.override.yaml says why).
-    dev = compose_config(project, "compose.yaml", "compose.override.yaml")
+    dev = compose_config(project, "compose.yaml", "compose.override.yaml")["services"]
     # Except that the dev image's entrypoint starts as root to run as the
     # code's owner (.devcontainer/entrypoint.py), then drops these.
     entrypoint = {"CHOWN", "SETGID", "SETUID"}
@@ -209,7 +191,7 @@ def test_development_and_https_keep_the_hardening(project):
     for name, service in dev.items():
         check_hardening(name, service, dev_capabilities[name], name in READ_ONLY | {"mail"})
     assert "/app" in [volume["target"] for volume in dev["app"]["volumes"]], "the code is bind-mounted"
-    tls = compose_config(project, "compose.yaml", "compose.tls.yaml")
+    tls = compose_config(project, "compose.yaml", "compose.tls.yaml")["services"]
     for name, service in tls.items():
         check_hardening(name, service, CAPABILITIES.get(name, set()), name in READ_ONLY)
 

@@ -16,15 +16,7 @@ from pathlib import Path
 import pytest
 import requests
 
-from conftest import FRAMEWORKS, Stack, free_port, prepare_images, render
-
-
-def compose_config(project: Path, *files: str) -> dict:
-    """The stack as compose resolves it (needs the docker CLI only, no engine)."""
-    command = ["docker", "compose", *(arg for file in files for arg in ("-f", file)), "config"]
-    result = subprocess.run([*command, "--format", "json"], cwd=project, capture_output=True, text=True)
-    assert result.returncode == 0, result.stderr
-    return json.loads(result.stdout)
+from conftest import FRAMEWORKS, Stack, compose_config, free_port, prepare_images, render
 
 
 @pytest.fixture(scope="module", params=FRAMEWORKS)

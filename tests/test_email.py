@@ -19,8 +19,6 @@ from the app. And the development stack's `mail` service prints what it gets.
 from __future__ import annotations
 
 import importlib.util
-import json
-import os
 import re
 import socket
 import subprocess
@@ -34,26 +32,11 @@ import requests
 import yaml
 from aiosmtpd.controller import Controller
 
-from conftest import FRAMEWORKS, Stack, prepare_images, render
+from conftest import FRAMEWORKS, Stack, compose_config, prepare_images, render
 
 # Django's reset takes the worker's path, Flask's notification the app's.
 JOBS = {"django": True, "flask": False}
 SENDERS = {True: {"app", "worker"}, False: {"app"}}
-
-
-def compose_config(project, *files: str, env: dict[str, str] | None = None) -> dict:
-    command = ["docker", "compose"]
-    for file in files or ("compose.yaml",):
-        command += ["-f", file]
-    result = subprocess.run(
-        [*command, "config", "--format", "json"],
-        cwd=project,
-        capture_output=True,
-        text=True,
-        env={**os.environ, **(env or {})},
-    )
-    assert result.returncode == 0, result.stderr
-    return json.loads(result.stdout)
 
 
 # --- Render level: both frameworks, both answers for the jobs, no engine ---

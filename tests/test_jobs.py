@@ -13,7 +13,6 @@ health check follows its broker connection; the scheduler enqueues a job a minut
 from __future__ import annotations
 
 import json
-import os
 import re
 import subprocess
 import sys
@@ -23,25 +22,13 @@ import docker
 import pytest
 import requests
 
-from conftest import FRAMEWORKS, Stack, booted, render
+from conftest import FRAMEWORKS, Stack, booted, compose_config, render
 
 JOB_SERVICES = {"valkey", "worker", "scheduler"}
 MiB = 1024 * 1024
 # compose.yaml's defaults for the jobs' containers (.env.example has the knobs).
 LIMITS = {"valkey": (128 * MiB, 32), "worker": (384 * MiB, 128), "scheduler": (192 * MiB, 32)}
 LOG_CONFIG = {"Type": "json-file", "Config": {"max-size": "10m", "max-file": "5"}}
-
-
-def compose_config(project, env: dict[str, str] | None = None) -> dict:
-    result = subprocess.run(
-        ["docker", "compose", "-f", "compose.yaml", "config", "--format", "json"],
-        cwd=project,
-        capture_output=True,
-        text=True,
-        env={**os.environ, **(env or {})},
-    )
-    assert result.returncode == 0, result.stderr
-    return json.loads(result.stdout)
 
 
 # --- Render level: both answers, no engine ---
