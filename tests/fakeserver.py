@@ -41,6 +41,15 @@ printf '{"release": "%s", "status": "ok"}' "$(sed -n 's/^APP_RELEASE=//p' .env)"
 """
 
 
+# A switch from A, served by old1, to B: compose creates new1 beside it.
+SWITCH = [
+    (r"^image inspect", "[]", 0),
+    (r"service=app .*status=running", "old1\n", 0),
+    (r"service=app .*status=created", "new1\n", 0),
+    (r"^wait ", "0\n", 0),
+]
+
+
 class Server:
     """A deployed project's directory with server.sh, and fakes on PATH."""
 

@@ -12,15 +12,13 @@ import shutil
 import pytest
 
 from fakeserver import SCRIPTS, Server, one_line
+from fakeserver import SWITCH as APP_SWITCH
 
-# A switch from A to B: app old1 -> new1, worker w-old1 -> w-new1.
+# A switch from A to B: app old1 -> new1 (fakeserver.SWITCH), worker w-old1 -> w-new1.
 SWITCH = [
-    (r"^image inspect", "[]", 0),
-    (r"service=app .*status=running", "old1\n", 0),
-    (r"service=app .*status=created", "new1\n", 0),
+    *APP_SWITCH,
     (r"service=worker .*status=running", "w-old1\n", 0),
     (r"service=worker .*status=created", "w-new1\n", 0),
-    (r"^wait ", "0\n", 0),
 ]
 HEALTHY = (r"^inspect --format \{\{\.State\.Status", "running healthy 0\n", 0)
 

@@ -12,7 +12,7 @@ import pwd
 
 import pytest
 
-from fakeserver import Server, one_line
+from fakeserver import SWITCH, Server, one_line
 
 
 @pytest.fixture
@@ -150,15 +150,6 @@ def test_rollback_needs_an_earlier_release_and_its_image(server):
     server.rules = [(r"^image inspect", "", 1)]
     assert "the image of A is no longer on the server" in one_line(server.run("rollback"))
     assert one_line(server.run("rollback", "B")) == "rollback: B is already the current release"
-
-
-# A switch from A, served by old1, to B: compose creates new1 beside it.
-SWITCH = [
-    (r"^image inspect", "[]", 0),
-    (r"service=app .*status=running", "old1\n", 0),
-    (r"service=app .*status=created", "new1\n", 0),
-    (r"^wait ", "0\n", 0),
-]
 
 
 def test_the_switch_keeps_new_containers_off_nginx_until_healthy(server):
