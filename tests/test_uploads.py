@@ -360,6 +360,9 @@ def test_with_a_bucket_uploads_go_to_s3(stack: Stack, moto: str):
         AWS_SECRET_ACCESS_KEY="test",
     )
     stack.compose("up", "-d", "--wait", "--no-deps", "app")
+    # nginx holds the replaced container's address until it resolves the name
+    # again (at most 5 s): until then it answers 502.
+    stack.wait_for("/readyz", 200, timeout=30)
     before = in_volume(stack, "find", "/srv/media", "-type", "f")
     content = b"\x89PNG\r\n\x1a\n" + secrets.token_bytes(50_000)
     link = Site(stack).stored("to-the-bucket.png", content)

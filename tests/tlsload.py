@@ -6,6 +6,7 @@ answer's certificate serial and latency, for the renewal test.
 
 from __future__ import annotations
 
+import collections
 import http.client
 import socket
 import ssl
@@ -252,15 +253,25 @@ class Client(threading.Thread):
         self.answers: list[tuple[str, int]] = []  # (certificate serial, local port) of each answer
         self.failures: list[str] = []
         self.worst = 0.0
+        self.since = time.monotonic()  # when the request under way started
 
     def run(self) -> None:
         while not self.stop.is_set():
-            started = time.monotonic()
+            started = self.since = time.monotonic()
             try:
                 self.answers.append(self.request())
             except Exception as error:  # noqa: BLE001 - every failure counts, whatever it is
                 self.failures.append(f"{type(error).__name__}: {error}")
             self.worst = max(self.worst, time.monotonic() - started)
+
+    def progress(self) -> str:
+        """For a failure message: how far this client got."""
+        certificates = collections.Counter(serial for serial, _ in self.answers)
+        return (
+            f"{self.kind}: {len(self.answers)} answers by certificate {dict(certificates)},"
+            f" {len(self.failures)} failures {self.failures[-3:]}, worst {self.worst:.1f}s,"
+            f" busy for {time.monotonic() - self.since:.1f}s now"
+        )
 
     def on(self, serial: str) -> int:
         return sum(1 for answer in self.answers if answer[0] == serial)
