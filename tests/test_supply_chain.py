@@ -33,7 +33,7 @@ from packaging.version import Version
 from conftest import FRAMEWORKS, render
 from fakeserver import Server
 from test_deploy_cli import Fake
-from test_workflows import load
+from workflowfiles import load
 
 BIN = Path(sys.executable).parent
 

@@ -16,7 +16,7 @@ import pytest
 import yaml
 
 from conftest import ROOT, render
-from test_workflows import load, steps, workflows
+from workflowfiles import load, steps, workflows
 
 
 @pytest.fixture(scope="module")

@@ -18,7 +18,7 @@ import pytest
 import yaml
 
 from conftest import FRAMEWORKS, free_port, prepare_images, render
-from test_workflows import load, workflows
+from workflowfiles import load, workflows
 
 
 @pytest.fixture(scope="module", params=FRAMEWORKS)
