@@ -11,6 +11,7 @@
 #   server/incoming.sh    a deploy's stream from scripts/deploy, run detached
 #   server/images.sh      images: missing ones, tag, pull, newer builds
 #   server/data.sh        backup and restore
+#   server/offsite.sh     offsite backups with restic, the restore drill
 #   server/status.sh      status and releases (read-only)
 #   server/provision.sh   provision, as root (with server/hardening.sh)
 #   server/jobs.sh        the workers and the scheduler, in projects that
@@ -21,7 +22,7 @@
 set -Eeuo pipefail
 
 SERVER_HOME=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
-for module in release-id common release nginx incoming images data status provision hardening; do
+for module in release-id common release nginx incoming images data offsite status provision hardening; do
     # shellcheck source=/dev/null
     . "$SERVER_HOME/server/$module.sh"
 done
@@ -48,6 +49,9 @@ The server side of the deploy scripts: they run it over SSH as
   refresh-images [--postgres]   newer builds of nginx, certbot (and postgres)
   backup                        pg_dump and the uploaded files into backups/ (BACKUP_KEEP, 14)
   restore FILE                  FILE (in backups/) into the database, its .media.tar into media
+  restore --from-offsite [ID]   the same, from restic's latest snapshot (or ID)
+  verify-backup                 restic check, then the newest backup restored into a scratch database
+  backup-failed UNIT            tell BACKUP_FAILURE_WEBHOOK/_EMAIL, Alertmanager (OnFailure= hook)
   status                        release, health, what nginx serves
   compose ARGS...               docker compose, as the deploy scripts run it
 
@@ -78,6 +82,8 @@ main() {
         refresh-images) cmd_refresh_images "$@" ;;
         backup) cmd_backup "$@" ;;
         restore) cmd_restore "$@" ;;
+        verify-backup) cmd_verify_backup ;;
+        backup-failed) cmd_backup_failed "$@" ;;
         status) cmd_status ;;
         compose)
             project_dir

@@ -10,7 +10,10 @@ MEDIA_DIR=/srv/media
 # backup [--label TEXT]: pg_dump in its custom format (compressed, and
 # pg_restore can pick from it) into backups/NAME.dump, and the media volume
 # into backups/NAME.media.tar beside it, keeping the newest BACKUP_KEEP
-# backups (14 by default). Prints the dump's path last, on a line of its own.
+# backups (14 by default); then, when .env names a restic repository, both
+# as one offsite snapshot (offsite.sh). Labelled backups (a restore's safety
+# backup) stay on the server. Prints the dump's path last, on a line of its
+# own.
 cmd_backup() {
     local label="" keep=${BACKUP_KEEP:-14}
     if [ "${1:-}" = --label ]; then
@@ -27,6 +30,9 @@ cmd_backup() {
     prune_dumps "$keep"
     step "backup $APP_DIR/$file ($(du -h "$file" | cut -f1))"
     step "uploaded files $APP_DIR/${file%.dump}.media.tar ($(du -h "${file%.dump}.media.tar" | cut -f1))"
+    if [ -z "$label" ] && offsite_on; then
+        offsite_backup "$file" "${file%.dump}.media.tar"
+    fi
     echo "$APP_DIR/$file"
 }
 
@@ -78,6 +84,15 @@ cmd_restore() {
     local file=${1:-} uploaded=false media
     [ -n "$file" ] || die "name the dump to restore"
     project_dir
+    if [ "$file" = --from-offsite ]; then
+        # Fetched like an upload: it joins the backups only once restored.
+        offsite_on || die "RESTIC_REPOSITORY is not set in $APP_DIR/.env: no offsite backups to restore from"
+        [[ ${2:-latest} =~ ^(latest|[0-9a-f]{8,64})$ ]] || die "not a snapshot id: $2 (restic snapshots lists them)"
+        file=$APP_DIR/backups/uploaded/$PROJECT-offsite-${2:-latest}.dump
+        rm -f "$file" "${file%.dump}.media.tar"
+        step "fetching snapshot ${2:-latest} from $(env_plain RESTIC_REPOSITORY)"
+        offsite_fetch "${2:-latest}" "$file"
+    fi
     [[ $file == /* ]] || file=$APP_DIR/backups/$file
     [[ $file != "$APP_DIR/backups/uploaded/"* ]] || uploaded=true
     [ -f "$file" ] || die "no such dump on the server: $file"

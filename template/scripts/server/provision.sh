@@ -141,7 +141,7 @@ EOF
     step "$app_dir"
     provision_app_dir "$project" "$domain" "$user" "$app_dir" "$env_file" "$address" "${secrets[*]}"
 
-    step "timers: daily backup, weekly image refresh"
+    step "timers: daily backup, weekly restore drill and image refresh"
     provision_timers "$project" "$user" "$app_dir"
 
     step "provision: $CHANGES changed"
@@ -342,7 +342,27 @@ provision_timers() {
     provision_timer "$project-backup" "$user" "daily, keeps 14 dumps" "*-*-* 03:00:00" \
         "$app_dir/scripts/server.sh backup" "Back up the $project database and uploaded files (into $app_dir/backups)" \
         "# How many dumps to keep in $app_dir/backups.
-Environment=BACKUP_KEEP=14"
+Environment=BACKUP_KEEP=14" "OnFailure=$project-backup-failed@%n.service"
+    # The restore drill: restic check, then the newest backup restored into a
+    # scratch database and its rows counted (server/offsite.sh).
+    provision_timer "$project-backup-verify" "$user" "weekly restore drill" "Sun *-*-* 05:00:00" \
+        "$app_dir/scripts/server.sh verify-backup" "Restore $project's newest backup into a scratch database" \
+        "" "OnFailure=$project-backup-failed@%n.service"
+    # The timers' failure hook: a webhook, mail, Alertmanager (.env says which).
+    if put_file "/etc/systemd/system/$project-backup-failed@.service" 644 root:root <<EOF; then
+[Unit]
+Description=Report that %i failed
+
+[Service]
+Type=oneshot
+User=$user
+ExecStart=$app_dir/scripts/server.sh backup-failed %i
+EOF
+        systemctl daemon-reload
+        changed "$project-backup-failed@.service, the backup timers' OnFailure= hook"
+    else
+        unchanged "$project-backup-failed@.service, the backup timers' OnFailure= hook"
+    fi
     # Images other than the app's get their fixes from newer builds of their
     # tags: nginx and certbot switch to them on their own, behind the health
     # gate; the database waits for scripts/refresh-images --postgres.
@@ -351,17 +371,20 @@ Environment=BACKUP_KEEP=14"
         "Pull newer builds of $project's nginx and certbot images, and switch to them"
 }
 
-# provision_timer UNIT USER SUMMARY CALENDAR COMMAND DESCRIPTION [LINES]: a
-# systemd service that runs COMMAND as USER (LINES added to its [Service]),
-# started at CALENDAR times by its timer.
+# provision_timer UNIT USER SUMMARY CALENDAR COMMAND DESCRIPTION [LINES]
+# [UNIT_LINES]: a systemd service that runs COMMAND as USER (LINES added to
+# its [Service], UNIT_LINES to its [Unit]), started at CALENDAR times by its
+# timer.
 provision_timer() {
     local unit=$1 user=$2 summary=$3 calendar=$4 command=$5 description=$6 lines=${7:-} units_changed=false
+    local unit_lines=${8:-}
     if put_file "/etc/systemd/system/$unit.service" 644 root:root <<EOF; then
 [Unit]
 Description=$description
 After=docker.service
 Requires=docker.service
-
+${unit_lines:+$unit_lines
+}
 [Service]
 Type=oneshot
 User=$user

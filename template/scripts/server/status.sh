@@ -92,6 +92,7 @@ backup_status() {
     count=$(grep -c . <<<"$dumps" || true)
     if [ "$count" -eq 0 ]; then
         say "backups   none yet: warning, the daily backup timer makes one at 03:00 (or run scripts/backup)"
+        offsite_status
         return 0
     fi
     newest=$(tail -n 1 <<<"$dumps")
@@ -99,6 +100,32 @@ backup_status() {
     say "backups   $count, newest: ${newest#* } ($((age / 3600)) h old)"
     [ "$age" -le $((26 * 3600)) ] ||
         problems+=("the newest backup is $((age / 3600)) hours old (journalctl -u $PROJECT-backup says why)")
+    offsite_status
+}
+
+# With a restic repository in .env: the newest offsite snapshot's age (over
+# 26 hours needs attention), and whether the last attempt failed, as the
+# nightly backup recorded them (status never waits on the repository).
+offsite_status() {
+    offsite_on || {
+        say "offsite   off: warning, the backups stay on this server (docs/deploy.md, \"Offsite backups\")"
+        return 0
+    }
+    local ok_at snapshot age failed_at reason
+    if [ -f "$OFFSITE_OK" ]; then
+        read -r ok_at snapshot <"$OFFSITE_OK"
+        age=$(($(date +%s) - ok_at))
+        say "offsite   snapshot ${snapshot:0:8} ($((age / 3600)) h old) at $(env_plain RESTIC_REPOSITORY)"
+        [ "$age" -le $((26 * 3600)) ] ||
+            problems+=("the newest offsite snapshot is $((age / 3600)) hours old (journalctl -u $PROJECT-backup says why)")
+    else
+        say "offsite   no snapshot yet at $(env_plain RESTIC_REPOSITORY): the nightly backup makes one"
+    fi
+    if [ -f "$OFFSITE_FAILED" ]; then
+        read -r failed_at reason <"$OFFSITE_FAILED"
+        say "offsite   failed $(date -u -d "@$failed_at" '+%Y-%m-%d %H:%M UTC'): $reason"
+        problems+=("the last offsite backup failed: $reason")
+    fi
 }
 
 # With compose.monitoring.yaml, the alerts firing now, as Alertmanager has
