@@ -14,6 +14,8 @@
 #   server/offsite.sh     offsite backups with restic, the restore drill
 #   server/status.sh      status and releases (read-only)
 #   server/provision.sh   provision, as root (with server/hardening.sh)
+#   server/swarm.sh       deploy, rollback and status on a Docker Swarm
+#                         (DEPLOY_MODE=swarm in .env, compose.swarm.yaml)
 #   server/jobs.sh        the workers and the scheduler, in projects that
 #                         have them: they move with each release
 #
@@ -22,7 +24,7 @@
 set -Eeuo pipefail
 
 SERVER_HOME=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
-for module in release-id common release nginx incoming images data offsite status provision hardening; do
+for module in release-id common release nginx incoming images data offsite status provision hardening swarm; do
     # shellcheck source=/dev/null
     . "$SERVER_HOME/server/$module.sh"
 done

@@ -89,6 +89,11 @@ require_image() {
 # schema stays as the newer release left it).
 go_live() {
     local action=$1 release=$2 source=$3 timeout=$4 keep=$5 current
+    # On a swarm, swarm itself moves the tasks (server/swarm.sh).
+    if swarm_mode; then
+        swarm_go_live "$@"
+        return
+    fi
     current=$(current_release)
     export APP_RELEASE=$release
     check_database_unchanged

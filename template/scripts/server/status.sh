@@ -12,6 +12,10 @@ cmd_releases() {
 # Prints one line per fact; fails with every problem found, on one line.
 cmd_status() {
     project_dir
+    if swarm_mode; then
+        swarm_status
+        return
+    fi
     [ -f compose.yaml ] || die "nothing deployed on this server yet: run scripts/deploy"
     local current problems=() service line
     current=$(current_release)
