@@ -55,6 +55,7 @@ PROJECT_PAGES = {
     "docs/https.md": "project/https.md",
     "docs/jobs.md": "project/jobs.md",
     "docs/observability.md": "project/observability.md",
+    "docs/scaling.md": "project/scaling.md",
     "docs/security.md": "project/security.md",
     "docs/supply-chain.md": "project/supply-chain.md",
     "docs/updating.md": "project/updating.md",
