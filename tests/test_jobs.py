@@ -211,6 +211,22 @@ def enqueue_slow_job(stack: Stack, seconds: int) -> str:
     return result.stdout.strip().splitlines()[-1]
 
 
+def wait_until_running(stack: Stack, job: str, timeout: float = 60) -> None:
+    """Until a pool process runs the job: "received" is logged before that, and
+    a job whose process dies before it starts is simply given to another."""
+    app = stack.config["worker"]["command"][2]
+    inspect = ["exec", "-T", "worker", "celery", "--app", app, "inspect", "--timeout", "5"]
+    deadline = time.monotonic() + timeout
+    while True:
+        active = stack.compose(*inspect, "active", check=False)
+        if job in active.stdout:
+            return
+        logs = stack.compose("logs", "--no-color", "worker").stdout
+        assert f"{job}] succeeded" not in logs, f"job {job} ran and ended between two looks: make it longer"
+        assert time.monotonic() < deadline, f"job {job} never ran:\n{active.stdout}\n{logs[-3000:]}"
+        time.sleep(0.5)
+
+
 def wait_for_log(stack: Stack, service: str, pattern: str, count: int = 1, timeout: float = 30) -> str:
     deadline = time.monotonic() + timeout
     while True:
@@ -259,16 +275,15 @@ def test_a_job_posted_through_nginx_is_done_once(stack):
 @pytest.mark.docker
 def test_a_worker_process_killed_mid_job_hands_it_back_and_it_is_recorded_once(stack):
     before = done(stack)
-    job = enqueue_slow_job(stack, 4)
-    wait_for_log(stack, "worker", rf"{job}\] received")
-    time.sleep(1)
+    job = enqueue_slow_job(stack, 20)
+    wait_until_running(stack, job)
     # The prefork pool's processes, children of the worker's main process (PID 1).
     kill = (
         'for s in /proc/[0-9]*/status; do grep -q "^PPid:\t1$" "$s"'
         ' && kill -9 "$(basename "$(dirname "$s")")"; done; true'
     )
     stack.compose("exec", "-T", "worker", "sh", "-c", kill)
-    logs = wait_for_log(stack, "worker", rf"{job}\] succeeded", timeout=40)
+    logs = wait_for_log(stack, "worker", rf"{job}\] succeeded", timeout=60)
     assert re.search(r"WorkerLostError|exited with 'signal 9", logs), logs[-3000:]
     assert len(re.findall(rf"{job}\] received", logs)) == 2, "the job was handed back and received again"
     wait_for_count(stack, "done", before + 1)
