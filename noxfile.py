@@ -96,11 +96,10 @@ def docs(session: nox.Session) -> None:
 def stack(session: nox.Session) -> None:
     """Boot the rendered production stacks for real and test them through nginx."""
     session.install(*TEST_DEPS)
-    # One test at a time: on two workers (`-- -n 2 --dist loadfile`, which
-    # tests/conftest.py schedules a module at a time) the session takes 20-25
-    # minutes instead of about 45, but timing-bound checks (a certificate
-    # renewal under load, a broker crash) still fail now and then on 2 cores.
-    session.run("pytest", "-m", "docker", *session.posargs, env=REQUIRE_DOCKER)
+    # Two modules at a time (tests/conftest.py schedules whole modules, the
+    # deploy scenario's as one): 20-25 minutes on 2 cores instead of about 40.
+    workers = ["-n", "2", "--dist", "loadfile", "--no-loadscope-reorder"]
+    session.run("pytest", "-m", "docker", *workers, *session.posargs, env=REQUIRE_DOCKER)
 
 
 @nox.session
