@@ -41,7 +41,7 @@ from pathlib import Path
 from benchmarking import docker, report
 from benchmarking.figures import load_series
 from benchmarking.stacks import PEER_COMMIT, PEER_REPOSITORY, Ours, Peer, Target, prepare_images
-from benchmarking.variants import VARIANTS
+from benchmarking.variants import BUDGETS, VARIANTS
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -107,6 +107,11 @@ def main() -> int:
         choices=sorted(VARIANTS),
         help="also boot the template with this tuning option, measured in the same rounds (A/B)",
     )
+    parser.add_argument(
+        "--no-budgets",
+        action="store_true",
+        help="leave out the variants the budgets need (no metrics; the monitoring overlay)",
+    )
     parser.add_argument("--output", type=Path, default=ROOT / "docs" / "benchmarks", help="where results go")
     parser.add_argument("--no-plots", action="store_true", help="skip the PNG plots (no matplotlib)")
     args = parser.parse_args()
@@ -129,7 +134,8 @@ def main() -> int:
         stacks: dict = {}
         targets: list[Target] = []
         boots = [Ours(framework, Path(tmp)) for framework in frameworks]
-        boots += [Ours(framework, Path(tmp), variant) for framework in frameworks for variant in args.variant]
+        chosen = list(dict.fromkeys([*args.variant, *([] if args.no_budgets else BUDGETS)]))
+        boots += [Ours(framework, Path(tmp), variant) for framework in frameworks for variant in chosen]
         if not args.no_peer:
             boots.append(Peer(args.peer_mirror or clone_peer(Path(tmp)), Path(tmp)))
         for boot in boots:

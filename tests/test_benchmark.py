@@ -30,6 +30,7 @@ from benchmarking.figures import (  # noqa: E402
     ratio,
     summarise,
 )
+from benchmarking.variants import apply  # noqa: E402
 
 # What wrk 4.1 (Debian's) prints with --latency, failures included.
 WRK_OUTPUT = """\
@@ -213,3 +214,38 @@ def test_readme_headline_names_each_stack_and_the_load(tmp_path):
     assert "| peer | 2,142 | 22.0 |" in text
     assert "load average of 2.0 to 4.5" in text
     assert text.endswith(f"{report.END}\n\n## Layout\n")
+
+
+def test_budgets_compare_with_the_variants_without_metrics_and_with_monitoring(tmp_path):
+    figures = results()
+    base = figures["stacks"]["flask"]
+    overlay = {"prometheus": 90 * 1024**2, "alertmanager": 30 * 1024**2}
+    figures["stacks"]["flask+monitoring"] = {
+        **base,
+        "memory_idle": {**base["memory_idle"], **overlay},
+        "memory_load": {**base["memory_load"], **overlay, "prometheus": 120 * 1024**2},
+    }
+    bare = [run("flask+no-metrics", "/healthz", "direct", n, 2100.0 * (1 + n / 100), 20.0) for n in (1, 2, 3)]
+    figures["runs"] = RUNS + bare
+    figures["serving"] = load_series(figures["runs"])
+    table = report.targets_table(figures)
+    cost = (1 - 2000 / 2100) * 100
+    assert f"| flask | request metrics' cost, `/healthz` direct | {cost:.1f} % | < 5 % | met |" in table
+    assert "| flask | monitoring overlay's memory | 150 MB | < 200 MB | met |" in table
+    # Without the variants (--no-budgets), no figure rather than a wrong one.
+    assert "| flask | monitoring overlay's memory | n/a | < 200 MB |  |" in report.targets_table(results())
+
+
+def test_a_variant_edits_the_one_file_its_glob_names(tmp_path):
+    (tmp_path / "shop").mkdir()
+    module = tmp_path / "shop" / "observability.py"
+    module.write_text("def record_request():\n    requests, latency = _request_metrics()\n")
+    assert apply("no-metrics", tmp_path) == {}
+    assert "    return  # no metrics\n" in module.read_text()
+    module.write_text("def record_request():\n    pass\n")
+    with pytest.raises(SystemExit, match="no longer has"):
+        apply("no-metrics", tmp_path)
+    (tmp_path / "other").mkdir()
+    (tmp_path / "other" / "observability.py").write_text("")
+    with pytest.raises(SystemExit, match="matches 2 files"):
+        apply("no-metrics", tmp_path)

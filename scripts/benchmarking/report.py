@@ -22,6 +22,8 @@ TARGETS = {
     "copy_to_healthy_s": 30.0,
     "build_warm_s": 3.0,
     "idle_mb": {"flask": 350.0},
+    "metrics_cost_pct": 5.0,
+    "monitoring_mb": 200.0,
 }
 
 
@@ -38,6 +40,27 @@ def verdict(value: float | None, limit: float | None, higher_is_better: bool = F
 
 def total_mb(services: dict[str, int]) -> float | None:
     return sum(services.values()) / MB if services else None
+
+
+def metrics_cost_pct(serving: dict, framework: str) -> float | None:
+    """The share of `/healthz` throughput, direct to the app, that counting requests takes (%)."""
+    with_metrics = serving.get(f"{framework} /healthz direct")
+    without = serving.get(f"{framework}+no-metrics /healthz direct")
+    if not with_metrics or not without or not without["rps"]["median"]:
+        return None
+    return (1 - with_metrics["rps"]["median"] / without["rps"]["median"]) * 100
+
+
+def overlay_mb(stacks: dict, framework: str) -> float | None:
+    """What the monitoring overlay's services take, at idle or under load, whichever is more."""
+    base, monitored = stacks.get(framework), stacks.get(f"{framework}+monitoring")
+    if not base or not monitored:
+        return None
+    added = [
+        sum(used for service, used in monitored[key].items() if service not in base["memory_idle"])
+        for key in ("memory_idle", "memory_load")
+    ]
+    return max(added) / MB
 
 
 def targets_table(results: dict) -> str:
@@ -67,6 +90,10 @@ def targets_table(results: dict) -> str:
             ("whole stack's memory, idle", total_mb(stack["memory_idle"]),
              0, " MB", TARGETS["idle_mb"].get(framework), False),
             ("whole stack's memory, under load", total_mb(stack["memory_load"]), 0, " MB", None, False),
+            ("request metrics' cost, `/healthz` direct", metrics_cost_pct(serving, framework),
+             1, " %", TARGETS["metrics_cost_pct"], False),
+            ("monitoring overlay's memory", overlay_mb(results["stacks"], framework),
+             0, " MB", TARGETS["monitoring_mb"], False),
         ]  # fmt: skip
         for label, value, digits, suffix, limit, higher in checks:
             goal = "" if limit is None else (f"≥ {limit:g}{suffix}" if higher else f"< {limit:g}{suffix}")

@@ -75,15 +75,19 @@ class Ours:
         self.timings["copy_s"] = time.monotonic() - started
         prepare_images(self.project)  # base images: already present, so this is quick
         files = ("compose.yaml",)
+        settings = dict(OUR_SETTINGS)
         if self.variant:
             environment = variants.apply(self.variant, self.project)
             (self.project / "compose.benchmark.yaml").write_text(variants.override(environment))
-            files += ("compose.benchmark.yaml",)
+            variant = variants.VARIANTS[self.variant]
+            files += (*variant.get("files", ()), "compose.benchmark.yaml")
+            settings.update(variant.get("env", {}))
+            settings.update({name: str(free_port()) for name in variant.get("free_ports", ())})
         started = time.monotonic()
         self.stack = Stack(self.project, files)
         # Its own image tag (compose.yaml's is the project's name and APP_RELEASE):
         # stacks side by side must not take each other's images.
-        self.stack.env.update(OUR_SETTINGS, APP_RELEASE=f"benchmark-{self.name.replace('+', '-')}")
+        self.stack.env.update(settings, APP_RELEASE=f"benchmark-{self.name.replace('+', '-')}")
         # A variant's image is the template's: built from cache.
         build = ("build",) if self.variant else ("build", "--no-cache")
         self.timings["build_cold_s"] = timed(lambda: self.compose(*build))

@@ -2,9 +2,13 @@
 measured in the same rounds (`--variant NAME`): A/B, back to back.
 
 Each is the project as rendered, with Gunicorn settings in GUNICORN_CMD_ARGS
-(which override gunicorn.conf.py) and/or text replaced in its files. One
-whose replacement no longer matches fails loudly rather than measuring the
-unchanged project.
+(which override gunicorn.conf.py), text replaced in its files (a path may be a
+glob matching one file), and/or more of its compose files with the settings
+they need. One whose replacement no longer matches fails loudly rather than
+measuring the unchanged project.
+
+BUDGETS are booted in every run (unless --no-budgets): what the request
+metrics cost (the app without them) and what the monitoring overlay adds.
 """
 
 from __future__ import annotations
@@ -34,14 +38,35 @@ VARIANTS: dict[str, dict] = {
         "edit": {"nginx/templates/default.conf.template": ("    keepalive 16;", "    keepalive 64;")}
     },
     "nginx-no-keepalive": {"edit": {"nginx/templates/default.conf.template": ("    keepalive 16;\n", "")}},
+    # The app counting no request: the baseline for the metrics' cost.
+    "no-metrics": {
+        "edit": {
+            "*/observability.py": (
+                "    requests, latency = _request_metrics()\n",
+                "    return  # no metrics\n    requests, latency = _request_metrics()\n",
+            )
+        }
+    },
+    # compose.monitoring.yaml on top: Prometheus, Alertmanager and the exporters.
+    "monitoring": {
+        "files": ("compose.monitoring.yaml",),
+        "env": {"MONITORING_DB_PASSWORD": "benchmark-only-password"},
+        "free_ports": ("PROMETHEUS_PORT", "ALERTMANAGER_PORT"),
+    },
 }
+BUDGETS = ("no-metrics", "monitoring")
 
 
 def apply(name: str, project: Path) -> dict[str, str]:
     """Make the variant's edits in a rendered project; the environment the app needs for it."""
     variant = VARIANTS[name]
     for path, (old, new) in variant.get("edit", {}).items():
-        file = project / path
+        files = list(project.glob(path))
+        if len(files) != 1:
+            raise SystemExit(
+                f"variant {name}: {path} matches {len(files)} files; update scripts/benchmarking/variants.py"
+            )
+        file = files[0]
         text = file.read_text()
         if old not in text:
             raise SystemExit(
