@@ -99,7 +99,9 @@ def stack(session: nox.Session) -> None:
     # Two modules at a time (tests/conftest.py schedules whole modules, the
     # deploy scenario's as one): 20-25 minutes on 2 cores instead of about 40.
     workers = ["-n", "2", "--dist", "loadfile", "--no-loadscope-reorder"]
-    session.run("pytest", "-m", "docker", *workers, *session.posargs, env=REQUIRE_DOCKER)
+    # The slowest steps, fixtures' boots included: where CI's time budget goes.
+    slowest = ["--durations", "25"]
+    session.run("pytest", "-m", "docker", *workers, *slowest, *session.posargs, env=REQUIRE_DOCKER)
 
 
 @nox.session
