@@ -85,6 +85,10 @@ VPS_SCENARIO = (
 )
 
 
+# The VPS scenario, then the modules with throwaway servers of their own.
+LONGEST = (VPS_SCENARIO, ("test_swarm.py", "test_backup_offsite.py"))
+
+
 def pytest_xdist_make_scheduler(config, log):
     """Under `pytest -n N --dist loadfile` a worker takes a module at a time,
     so that a module's stack is booted once; here the VPS scenario's modules
@@ -104,8 +108,8 @@ def pytest_xdist_make_scheduler(config, log):
 # After pytest's own hook has deselected by -m/-k: only tests that will run count.
 @pytest.hookimpl(trylast=True)
 def pytest_collection_modifyitems(config, items):
-    # The VPS scenario first: being the longest, it starts while others run.
-    items.sort(key=lambda item: item.path.name not in VPS_SCENARIO)
+    # The longest first, so that they start while the others run.
+    items.sort(key=lambda item: next((n for n, names in enumerate(LONGEST) if item.path.name in names), 9))
     docker_items = [item for item in items if item.get_closest_marker("docker")]
     reason = docker_available() if docker_items else None
     if not reason:
