@@ -199,3 +199,18 @@ def test_the_release_job_is_judged_on_its_current_run(tmp_path, tasks, state):
     result = bash("job_state migrate", tmp_path, docker)
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == state
+
+
+@pytest.mark.parametrize(
+    ("cidr", "network"),
+    [
+        ("10.0.0.5/24", "10.0.0.0/24"),
+        ("172.21.3.9/16", "172.21.0.0/16"),
+        ("192.168.1.77/32", "192.168.1.77/32"),
+    ],
+)
+def test_the_swarm_ports_open_to_the_nodes_network_only(tmp_path, cidr, network):
+    write_env(tmp_path, "SECRET_KEY=k\n")
+    result = bash(f"swarm_network {cidr}", tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == network

@@ -67,12 +67,14 @@ usage_provision() {
     cat <<'EOF'
 server.sh provision --project NAME --domain NAME [--address HOST] [--secret NAME] [--user NAME] [--engine auto|docker|distro]
                     [--swap SIZE] [--env-file FILE] [--key-file FILE] [--ci-key-file FILE]
+                    [--swarm ADDRESS/PREFIX [--join-token TOKEN --manager HOST:PORT]]
 Run as root. scripts/provision calls it; see scripts/provision --help.
 EOF
 }
 
 cmd_provision() {
     local project="" domain="" address="" secrets=() user=deploy engine=auto swap=2G env_file="" key_files=()
+    local swarm="" join_token="" manager=""
     CHANGES=0 APT_UPDATED=false
     while [ $# -gt 0 ]; do
         case $1 in
@@ -89,6 +91,9 @@ cmd_provision() {
             --env-file) env_file=$2 && shift ;;
             --key-file) key_files+=("$2") && shift ;;
             --ci-key-file) key_files+=(--restricted "$2") && shift ;;
+            --swarm) swarm=$2 && shift ;;
+            --join-token) join_token=$2 && shift ;;
+            --manager) manager=$2 && shift ;;
             -h | --help) usage_provision && exit 0 ;;
             *) die "unknown argument $1" ;;
         esac
@@ -98,6 +103,8 @@ cmd_provision() {
     [[ $project =~ ^[a-z][a-z0-9_]*$ ]] || die "--project needs the project's slug"
     [[ $user =~ ^[a-z_][a-z0-9_-]*$ ]] || die "not a user name: $user"
     case $engine in auto | docker | distro) ;; *) die "--engine is auto, docker or distro" ;; esac
+    [ -z "$swarm" ] || [[ $swarm =~ ^([0-9]{1,3}\.){3}[0-9]{1,3}/[0-9]{1,2}$ ]] ||
+        die "--swarm needs the node's private address and its network's prefix length, such as 10.0.0.5/24"
     # shellcheck source=/dev/null
     . /etc/os-release
     case ${ID:-} in debian | ubuntu) ;; *) die "this is ${PRETTY_NAME:-an unknown system}: provision supports Debian and Ubuntu" ;; esac
@@ -108,7 +115,7 @@ cmd_provision() {
     ensure_packages ca-certificates curl ufw fail2ban python3-systemd unattended-upgrades
 
     step "Docker engine"
-    provision_docker "$engine"
+    provision_docker "$engine" "$swarm"
 
     step "deploy user"
     provision_user "$user" "${key_files[@]}"
@@ -144,6 +151,11 @@ EOF
     step "timers: daily backup, weekly restore drill and image refresh"
     provision_timers "$project" "$user" "$app_dir"
 
+    if [ -n "$swarm" ]; then
+        step "swarm (docs/scaling.md)"
+        provision_swarm "$project" "$app_dir" "$swarm" "$join_token" "$manager"
+    fi
+
     step "provision: $CHANGES changed"
 }
 
@@ -176,24 +188,29 @@ EOF
 # updated by the distribution's security team: used when Docker's repository
 # is unreachable (--engine auto), or on request (--engine distro).
 provision_docker() {
-    local engine=$1
+    local engine=$1 swarm=${2:-} live_restore=true
     # Written before the engine is installed, so that it starts with it.
     # Logs rotate (json-file keeps 5 x 10 MB per container); live-restore
     # keeps containers running while the engine itself restarts or upgrades.
-    if put_file /etc/docker/daemon.json 644 root:root <<'EOF'; then
+    # Swarm refuses live-restore (an engine in a swarm would not start with
+    # it): there, other nodes take the tasks over.
+    if [ -n "$swarm" ] || [ "$(docker info --format '{{.Swarm.LocalNodeState}}' 2>/dev/null)" = active ]; then
+        live_restore=false
+    fi
+    if put_file /etc/docker/daemon.json 644 root:root <<EOF; then
 {
   "log-driver": "json-file",
   "log-opts": { "max-size": "10m", "max-file": "5" },
-  "live-restore": true
+  "live-restore": $live_restore
 }
 EOF
-        changed "/etc/docker/daemon.json: log rotation, live-restore"
+        changed "/etc/docker/daemon.json: log rotation, live-restore $live_restore"
         if systemctl is-active --quiet docker; then
             systemctl restart docker
             changed "restarted the Docker engine for its new settings"
         fi
     else
-        unchanged "/etc/docker/daemon.json: log rotation, live-restore"
+        unchanged "/etc/docker/daemon.json: log rotation, live-restore $live_restore"
     fi
 
     if command -v docker >/dev/null && docker compose version >/dev/null 2>&1; then

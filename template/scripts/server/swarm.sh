@@ -175,7 +175,7 @@ swarm_go_live() {
         stack_deploy
         local deadline=$((SECONDS + timeout))
         until state=$(job_state migrate) && [ "$state" = complete ]; do
-            [ "$state" != failed ] || die "the release job of $release failed (scripts/logs HOST migrate): the app still runs ${current:-nothing}"
+            [ "$state" != failed ] || die "the release job of $release failed (docker service logs ${PROJECT}_migrate, on the manager): the app still runs ${current:-nothing}"
             [ "$SECONDS" -lt "$deadline" ] || die "the release job of $release did not finish within ${timeout}s"
             sleep 2
         done
@@ -232,4 +232,58 @@ swarm_status() {
         local joined="${problems[*]}"
         die "${joined//;/; }"
     fi
+}
+
+# provision_swarm PROJECT APP_DIR ADDRESS/PREFIX [TOKEN MANAGER]: as root,
+# from provision --swarm. The swarm's ports open to the private network
+# (PREFIX) only; then a new swarm with this node as its manager, holding the
+# database and nginx (labels), or, with TOKEN, this node joins MANAGER's.
+provision_swarm() {
+    local slug=$1 dir=$2 cidr=$3 token=${4:-} manager=${5:-} address network rule state
+    address=${cidr%/*}
+    network=$(swarm_network "$cidr")
+    # Ports in increasing order, as `ufw status` lists them.
+    for rule in "2377,7946 proto tcp" "4789,7946 proto udp"; do
+        # shellcheck disable=SC2086 # the rule's words
+        if ufw status | grep -qE "^${rule%% *}/${rule##* } +ALLOW +${network//./\\.}( |$)"; then
+            unchanged "ufw: swarm ports ${rule%% *}/${rule##* } from $network"
+        else
+            ufw allow from "$network" to any port $rule >/dev/null
+            changed "ufw: swarm ports ${rule%% *}/${rule##* } from $network"
+        fi
+    done
+    state=$(docker info --format '{{.Swarm.LocalNodeState}}')
+    if [ "$state" = active ]; then
+        unchanged "in a swarm already (docker info: $(docker info --format '{{.Swarm.NodeAddr}}'))"
+    elif [ -n "$token" ]; then
+        quietly docker swarm join --advertise-addr "$address" --token "$token" "$manager"
+        changed "joined the swarm of $manager as a worker"
+    else
+        quietly docker swarm init --advertise-addr "$address"
+        changed "a new swarm, this node its manager, at $address"
+    fi
+    [ -z "$token" ] || return 0
+    local node
+    node=$(docker info --format '{{.Swarm.NodeID}}')
+    if [ "$(docker node inspect --format "{{index .Spec.Labels \"$slug.db\"}} {{index .Spec.Labels \"$slug.edge\"}}" "$node")" = "true true" ]; then
+        unchanged "labels: $slug.db and $slug.edge (the database and nginx run here)"
+    else
+        quietly docker node update --label-add "$slug.db=true" --label-add "$slug.edge=true" "$node"
+        changed "labels: $slug.db and $slug.edge (the database and nginx run here)"
+    fi
+    if grep -q '^DEPLOY_MODE=swarm$' "$dir/.env"; then
+        unchanged "$dir/.env: DEPLOY_MODE=swarm"
+    else
+        sed -i '/^DEPLOY_MODE=/d' "$dir/.env"
+        printf '\n# Deploys go to the swarm (compose.swarm.yaml, docs/scaling.md).\nDEPLOY_MODE=swarm\n' >>"$dir/.env"
+        changed "$dir/.env: DEPLOY_MODE=swarm"
+    fi
+}
+
+# swarm_network ADDRESS/PREFIX: the network it is in (10.0.0.5/24 -> 10.0.0.0/24).
+swarm_network() {
+    local address=${1%/*} prefix=${1#*/} a b c d n
+    IFS=. read -r a b c d <<<"$address"
+    n=$(((a << 24 | b << 16 | c << 8 | d) & (prefix == 0 ? 0 : 0xFFFFFFFF << (32 - prefix) & 0xFFFFFFFF)))
+    printf '%d.%d.%d.%d/%d' $((n >> 24 & 255)) $((n >> 16 & 255)) $((n >> 8 & 255)) $((n & 255)) "$prefix"
 }
