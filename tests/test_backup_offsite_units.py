@@ -99,6 +99,7 @@ def test_a_nightly_backup_goes_offsite_as_one_snapshot_then_prunes(server):
     ok_at, snapshot = (server.app_dir / "backups" / ".offsite-ok").read_text().split()
     assert snapshot == "4f2c9a1b77e0d3c5aa8e" and abs(int(ok_at) - time.time()) < 60
     assert "offsite: snapshot 4f2c9a1b" in result.stdout
+    assert "offsite: pruned, keeping 7 daily, 4 weekly, 6 monthly" in result.stdout
     # scripts/backup still finds the dump's path on the last line.
     assert result.stdout.splitlines()[-1] == str(dump)
 
@@ -132,7 +133,7 @@ def test_a_missing_repository_is_created_first(server):
     result = server.run("backup")
     assert result.returncode == 0, result.stderr
     assert [call[0] for call in restic_calls(server)] == ["cat", "init", "backup", "forget"]
-    assert "creating it, encrypted with RESTIC_PASSWORD" in result.stdout
+    assert "offsite: created the repository, encrypted with RESTIC_PASSWORD" in result.stdout
 
 
 def test_a_wrong_password_never_creates_a_repository_and_says_so(server):
@@ -342,3 +343,13 @@ def test_the_failure_hook_with_nobody_to_tell_fails(server):
         "backup-failed: nobody was told: set BACKUP_FAILURE_WEBHOOK or BACKUP_FAILURE_EMAIL in "
         f"{server.app_dir}/.env"
     )
+
+
+def test_messages_never_show_the_password_in_the_repositorys_url(server):
+    (server.app_dir / ".env").write_text(
+        "RESTIC_REPOSITORY=rest:https://shop:s3cret@backup.example.net/shop\nRESTIC_PASSWORD=x\n"
+    )
+    server.rules = [*BACKUP_RULES, (r"cat config$", "Fatal: wrong password or no key found\n", 12)]
+    reason = one_line(server.run("backup"))
+    assert reason.endswith("does not open the repository at rest:https://***@backup.example.net/shop")
+    assert "s3cret" not in (server.app_dir / "backups" / ".offsite-failed").read_text()

@@ -26,6 +26,9 @@ OFFSITE_FAILED=backups/.offsite-failed
 
 offsite_on() { [ -n "$(env_plain RESTIC_REPOSITORY)" ]; }
 
+# The repository, as messages name it: without a password in its URL.
+repository() { env_plain RESTIC_REPOSITORY | sed -E 's#(//)[^/@]+@#\1***@#'; }
+
 # A .env value without the quotes compose allows around it.
 env_plain() {
     local value
@@ -70,10 +73,10 @@ restic_failure() {
     local status=$1 said
     said=$(grep -v '^\s*$' | tail -n 1)
     case $status in
-        10) echo "no restic repository at $(env_plain RESTIC_REPOSITORY) (the nightly backup creates it)" ;;
+        10) echo "no restic repository at $(repository) (the nightly backup creates it)" ;;
         11) echo "the restic repository is locked by another run: try again later (restic unlock removes a stale lock)" ;;
-        12) echo "RESTIC_PASSWORD in .env does not open the repository at $(env_plain RESTIC_REPOSITORY)" ;;
-        124 | 137) echo "no answer from the restic repository at $(env_plain RESTIC_REPOSITORY) in time: is it reachable from the server?" ;;
+        12) echo "RESTIC_PASSWORD in .env does not open the repository at $(repository)" ;;
+        124 | 137) echo "no answer from the restic repository at $(repository) in time: is it reachable from the server?" ;;
         *) echo "restic failed (exit status $status): ${said:-no output}" ;;
     esac
 }
@@ -102,9 +105,12 @@ offsite_open() {
     output=$(RESTIC_SECONDS=$seconds run_restic -- cat config 2>&1) || status=$?
     [ "$status" -ne 0 ] || return 0
     if [ "$status" -eq 10 ] && [ "${1:-}" = create ]; then
-        step "offsite: no repository at $(env_plain RESTIC_REPOSITORY) yet: creating it, encrypted with RESTIC_PASSWORD"
-        offsite init
-        return
+        output=$(offsite init) || {
+            echo "${output##*$'\n'}"
+            return 1
+        }
+        step "offsite: created the repository, encrypted with RESTIC_PASSWORD (without it the backups are lost)"
+        return 0
     fi
     restic_failure "$status" <<<"$output"
     return 1
@@ -118,11 +124,11 @@ offsite_backup() {
     started=$(date +%s)
     mounts=(-v "$APP_DIR/$dump:$OFFSITE_DIR/database.dump:ro")
     [ ! -f "$media" ] || mounts+=(-v "$APP_DIR/$media:$OFFSITE_DIR/media.tar:ro")
-    step "offsite: to $(env_plain RESTIC_REPOSITORY)"
+    step "offsite: to $(repository)"
     if ! output=$(offsite_open create); then
         offsite_failed "${output##*$'\n'}"
     fi
-    [ -z "$output" ] || printf '%s\n' "$output" | grep -v '^\s*$' | tail -n 3
+    [ -z "$output" ] || printf '%s\n' "$output"
     local status=0
     output=$(run_restic "${mounts[@]}" -- backup --json --host "$PROJECT" --tag "$PROJECT" "$OFFSITE_DIR" 2>&1) ||
         status=$?
@@ -132,12 +138,11 @@ offsite_backup() {
     printf '%s %s\n' "$started" "$snapshot" >"$OFFSITE_OK"
     rm -f "$OFFSITE_FAILED"
     step "offsite: snapshot ${snapshot:0:8}"
-    step "offsite: keeping $(offsite_policy | tr -d -- - | paste -sd ' ' -), pruning the rest"
     # shellcheck disable=SC2046 # the policy's options, one word each
     if ! output=$(offsite forget --host "$PROJECT" --tag "$PROJECT" --prune $(offsite_policy)); then
         offsite_failed "the snapshot is made, but pruning failed: ${output##*$'\n'}"
     fi
-    printf '%s\n' "$output" | tail -n 3 | indent
+    step "offsite: pruned, keeping $(offsite_policy | paste -d ' ' - - | sed 's/^--keep-\(.*\) \(.*\)$/\2 \1/' | paste -sd ',' - | sed 's/,/, /g')"
 }
 
 # The retention policy, as restic forget's options: OFFSITE_KEEP_DAILY (7),
@@ -198,7 +203,7 @@ cmd_verify_backup() {
     local file output scratch
     scratch=$(env_value POSTGRES_DB)_verify
     if offsite_on; then
-        step "restic check: the repository's structure, at $(env_plain RESTIC_REPOSITORY)"
+        step "restic check: the repository's structure, at $(repository)"
         output=$(offsite_open) || die "${output##*$'\n'}"
         output=$(offsite check) || die "restic check failed: ${output##*$'\n'}"
         printf '%s\n' "$output" | tail -n 1 | indent

@@ -119,11 +119,11 @@ offsite_status() {
     if [ -f "$OFFSITE_OK" ]; then
         read -r ok_at snapshot <"$OFFSITE_OK"
         age=$(($(date +%s) - ok_at))
-        say "offsite   snapshot ${snapshot:0:8} ($((age / 3600)) h old) at $(env_plain RESTIC_REPOSITORY)"
+        say "offsite   snapshot ${snapshot:0:8} ($((age / 3600)) h old) at $(repository)"
         [ "$age" -le $((26 * 3600)) ] ||
             problems+=("the newest offsite snapshot is $((age / 3600)) hours old (journalctl -u $PROJECT-backup says why)")
     else
-        say "offsite   no snapshot yet at $(env_plain RESTIC_REPOSITORY): the nightly backup makes one"
+        say "offsite   no snapshot yet at $(repository): the nightly backup makes one"
     fi
     if [ -f "$OFFSITE_FAILED" ]; then
         read -r failed_at reason <"$OFFSITE_FAILED"
