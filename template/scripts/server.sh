@@ -55,6 +55,7 @@ The server side of the deploy scripts: they run it over SSH as
   verify-backup                 restic check, then the newest backup restored into a scratch database
   backup-failed UNIT            tell BACKUP_FAILURE_WEBHOOK/_EMAIL, Alertmanager (OnFailure= hook)
   status                        release, health, what nginx serves
+  drain NODE | activate NODE    on a swarm: move the app off NODE without a gap, or back
   compose ARGS...               docker compose, as the deploy scripts run it
 
 Set DEPLOY_TRACE=1 to print each command as it runs.
@@ -87,6 +88,8 @@ main() {
         verify-backup) cmd_verify_backup ;;
         backup-failed) cmd_backup_failed "$@" ;;
         status) cmd_status ;;
+        drain) cmd_drain "$@" ;;
+        activate) cmd_activate "$@" ;;
         compose)
             project_dir
             compose "$@"

@@ -287,3 +287,53 @@ swarm_network() {
     n=$(((a << 24 | b << 16 | c << 8 | d) & (prefix == 0 ? 0 : 0xFFFFFFFF << (32 - prefix) & 0xFFFFFFFF)))
     printf '%d.%d.%d.%d/%d' $((n >> 24 & 255)) $((n >> 16 & 255)) $((n >> 8 & 255)) $((n & 255)) "$prefix"
 }
+
+# server.sh drain NODE: before maintenance. A plain `docker node update
+# --availability drain` stops all of NODE's tasks at once, which is an outage
+# when every app task runs there. So the app's (and the workers') tasks move
+# first, as a rolling update (a constraint that excludes NODE): one at a time,
+# each new one healthy before an old one stops. Then NODE is drained of what
+# is left. The database's and nginx's node cannot be drained without a gap.
+cmd_drain() {
+    [ $# -eq 1 ] || usage_error "usage: server.sh drain NODE (docker node ls names the nodes)"
+    local node=$1 id service
+    swarm_node "$node"
+    id=$(docker node inspect --format '{{.ID}}' "$node")
+    for service in $(spread_services); do
+        step "moving $service off $node: one task at a time, each new one healthy first"
+        quietly docker service update --quiet --constraint-add "node.id!=$id" "${PROJECT}_$service" ||
+            die "$service did not move off $node ($(update_state "$service")): see scripts/status"
+    done
+    step "draining $node"
+    quietly docker node update --availability drain "$node"
+    say "    $node runs none of the stack's tasks; server.sh activate $node when it is back"
+}
+
+# server.sh activate NODE: NODE takes tasks again, and the app and workers
+# spread over it (a rolling update, as for drain).
+cmd_activate() {
+    [ $# -eq 1 ] || usage_error "usage: server.sh activate NODE (docker node ls names the nodes)"
+    local node=$1 id service
+    swarm_node "$node"
+    id=$(docker node inspect --format '{{.ID}}' "$node")
+    step "activating $node"
+    quietly docker node update --availability active "$node"
+    for service in $(spread_services); do
+        if docker service inspect --format '{{json .Spec.TaskTemplate.Placement.Constraints}}' "${PROJECT}_$service" |
+            grep -qF "\"node.id!=$id\""; then
+            step "spreading $service over $node again, one task at a time"
+            quietly docker service update --quiet --constraint-rm "node.id!=$id" "${PROJECT}_$service" ||
+                die "$service did not spread over $node ($(update_state "$service")): see scripts/status"
+        fi
+    done
+}
+
+swarm_node() {
+    project_dir
+    swarm_mode || die "$COMMAND is for a swarm: $APP_DIR/.env does not say DEPLOY_MODE=swarm"
+    docker node inspect "$1" >/dev/null 2>&1 || die "no node $1 in this swarm (docker node ls names the nodes)"
+    lock
+}
+
+# The services whose tasks spread over the nodes: the app and the workers.
+spread_services() { stack_services | grep -x 'app\|worker' || true; }

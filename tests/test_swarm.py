@@ -1,0 +1,263 @@
+"""The stack on a real Docker Swarm of two nodes (issue 15): two throwaway
+VPS containers (tests/vps/Dockerfile, as tests/test_deploy.py uses), on one
+network, each set up by scripts/provision, then joined into a swarm over SSH
+as docs/scaling.md says. scripts/deploy and scripts/status run against the
+manager, whose .env says DEPLOY_MODE=swarm.
+
+One swarm serves the whole module, in steps (each test starts from the swarm
+as the one before left it):
+
+  first deploy     relA serves, app tasks on both nodes; rows written
+  rolling update   to relB under load: no request fails
+  failing release  `broken` never turns healthy: swarm rolls the app back to
+                   relB by itself, under load, no request fails
+  drain            the worker node drained under load (server.sh drain): its
+                   app tasks move to the manager, no request fails; then
+                   activated again, no request fails
+
+and the database keeps its rows throughout.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import time
+import uuid
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+
+from conftest import prepare_images, render
+from vpshost import Load, Scenario, Vps, reason, run, site_release
+
+pytestmark = pytest.mark.docker
+
+VPS_DIR = Path(__file__).parent / "vps"
+ROWS = "SELECT count(*) || ' ' || md5(string_agg(id::text, ',' ORDER BY id)) FROM swarm_rows;"
+
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory):
+    """A Flask project, with releases relA, relB and `broken` (healthy never)."""
+    suffix = uuid.uuid4().hex[:6]
+    root = render(tmp_path_factory.mktemp("swarm") / "project", project_name=f"Swarm Check {suffix}")
+    slug = f"swarm_check_{suffix}"
+    prepare_images(root)
+    for release in ("relA", "relB"):
+        run(
+            "docker", "build", "--quiet", "--target", "production", "--build-arg", f"APP_RELEASE={release}",
+            "--tag", f"{slug}:{release}", str(root),
+        )  # fmt: skip
+    broken = tmp_path_factory.mktemp("broken")
+    (broken / "Dockerfile").write_text(
+        f"FROM {slug}:relA\nENV APP_RELEASE=broken\n"
+        # Fails its health check within seconds of starting.
+        "HEALTHCHECK --interval=2s --timeout=2s --start-period=2s --retries=2 "
+        'CMD ["python", "-c", "raise SystemExit(1)"]\n'
+    )
+    run("docker", "build", "--quiet", "--tag", f"{slug}:broken", str(broken))
+    yield root, slug
+    run("docker", "image", "rm", "--force", *(f"{slug}:{r}" for r in ("relA", "relB", "broken")), check=False)
+
+
+@pytest.fixture(scope="module")
+def nodes(tmp_path_factory, request):
+    """The manager and a worker: provisioned, on one network, not yet a swarm."""
+    prepare_images(VPS_DIR)
+    run("docker", "build", "--quiet", "--tag", "template-test-vps", str(VPS_DIR))
+    network = f"tt-swarm-{uuid.uuid4().hex[:8]}"
+    run("docker", "network", "create", network)
+    servers = [Vps(tmp_path_factory.mktemp(name), "template-test-vps") for name in ("manager", "worker")]
+    failed_before = request.session.testsfailed
+    try:
+        for server, name in zip(servers, ("manager", "worker"), strict=True):
+            server.start()
+            run("docker", "network", "connect", network, server.name)
+            # Swarm names each node after its host.
+            server.ssh("root", f"hostname {name} && echo {name} > /etc/hostname")
+        yield servers
+    finally:
+        if request.session.testsfailed > failed_before:
+            for server in servers:
+                print(f"\n--- journal of {server.name} ---\n{server.journal()}")
+        for server in servers:
+            server.stop()
+        run("docker", "network", "rm", network, check=False)
+
+
+def address(server: Vps) -> str:
+    """ADDRESS/PREFIX of the node on the swarm's network (the one it was connected to)."""
+    networks = json.loads(
+        run("docker", "inspect", "--format", "{{json .NetworkSettings.Networks}}", server.name).stdout
+    )
+    return next(
+        f"{settings['IPAddress']}/{settings['IPPrefixLen']}"
+        for name, settings in networks.items()
+        if name.startswith("tt-swarm-")
+    )
+
+
+@pytest.fixture(scope="module")
+def ssh_config(nodes, tmp_path_factory) -> Path:
+    """One SSH config naming both nodes, as a laptop's would: manager and worker."""
+    config = tmp_path_factory.mktemp("ssh") / "config"
+    config.write_text(
+        "".join(
+            server.ssh_config.read_text().replace("Host vps", f"Host {name}")
+            for server, name in zip(nodes, ("manager", "worker"), strict=True)
+        )
+    )
+    return config
+
+
+def swarm_script(ssh_config: Path, project, name: str, *args: str, check: bool = True):
+    root, _ = project
+    env = {**os.environ, "DEPLOY_SSH_CONFIG": str(ssh_config)}
+    result = run(str(root / "scripts" / name), *args, check=False, env=env, cwd=root, input="")
+    if check and result.returncode != 0:
+        raise AssertionError(
+            f"scripts/{name} {' '.join(args)} exited {result.returncode}:\n{result.stdout}\n{result.stderr}"
+        )
+    return result
+
+
+@pytest.fixture(scope="module")
+def scenario() -> Scenario:
+    return Scenario()
+
+
+def on(server: Vps, command: str, user: str = "root", **kwargs) -> str:
+    return server.ssh(user, command, **kwargs).stdout.strip()
+
+
+def rows(manager: Vps, slug: str, sql: str = ROWS) -> str:
+    command = (
+        f"docker exec -i $(docker ps -q -f label=com.docker.swarm.service.name={slug}_db) "
+        """sh -c 'psql -U "$POSTGRES_USER" -d "$POSTGRES_DB" -q -tA -v ON_ERROR_STOP=1'"""
+    )
+    return on(manager, command, user="deploy", input=sql)
+
+
+def app_nodes(manager: Vps, slug: str) -> list[str]:
+    tasks = on(
+        manager, f"docker service ps --filter desired-state=running --format '{{{{.Node}}}}' {slug}_app"
+    )
+    return sorted(tasks.split())
+
+
+def replicas(manager: Vps, slug: str) -> str:
+    return on(manager, f"docker service ls --filter name={slug}_app --format '{{{{.Replicas}}}}'")
+
+
+def test_provision_makes_a_manager_and_joins_a_worker(nodes, ssh_config, project, scenario):
+    manager, worker = nodes
+    _, slug = project
+    # The worker set up as a single server first: provision again with
+    # --swarm turns a server into a node.
+    with ThreadPoolExecutor(2) as pool:
+        results = pool.map(
+            lambda args: swarm_script(ssh_config, project, "provision", *args),
+            [("--swarm", address(manager), "root@manager"), ("root@worker",)],
+        )
+        for result in results:
+            assert "Docker engine" in result.stdout
+    joined = swarm_script(
+        ssh_config, project, "provision", "--swarm", address(worker), "--join", "root@manager", "root@worker"
+    )
+    assert "changed  joined the swarm of" in joined.stdout, joined.stdout
+    assert "live-restore false" in joined.stdout
+    again = swarm_script(ssh_config, project, "provision", "--swarm", address(manager), "root@manager")
+    assert "provision: 0 changed" in again.stdout, again.stdout
+    assert on(manager, "docker node ls --format '{{.Hostname}} {{.Status}}'").splitlines() == [
+        "manager Ready",
+        "worker Ready",
+    ]
+    assert on(manager, f"grep ^DEPLOY_MODE= /srv/{slug}/.env") == "DEPLOY_MODE=swarm"
+    # docs/scaling.md, "Images": the worker loads the releases' images.
+    save = subprocess.Popen(
+        ["docker", "save", *(f"{slug}:{r}" for r in ("relA", "relB", "broken"))], stdout=subprocess.PIPE
+    )
+    worker.ssh("deploy", "docker load", input=None, stdin=save.stdout)
+    assert save.wait() == 0
+    scenario.done.append("swarm")
+
+
+def test_first_deploy_spreads_the_app_over_both_nodes(nodes, ssh_config, project, scenario):
+    scenario.starts_after("swarm")
+    manager, _ = nodes
+    _, slug = project
+    result = swarm_script(ssh_config, project, "deploy", "manager", "relA")
+    assert "--> release job of relA" in result.stdout
+    assert "--> relA serves" in result.stdout
+    assert site_release(manager) == "relA"
+    assert app_nodes(manager, slug) == ["manager", "worker"]
+    rows(
+        manager,
+        slug,
+        "CREATE TABLE swarm_rows (id integer PRIMARY KEY);"
+        " INSERT INTO swarm_rows SELECT generate_series(1, 500);",
+    )
+    scenario.rows = rows(manager, slug)
+    assert scenario.rows.startswith("500 ")
+    status = swarm_script(ssh_config, project, "status", "manager").stdout
+    assert "release   relA" in status
+    assert "node      worker: ready, active" in status
+    assert any(line.split()[:2] == ["worker", "app"] for line in status.splitlines()), status
+    scenario.done.append("first deploy")
+
+
+def test_a_rolling_update_fails_no_request(nodes, ssh_config, project, scenario):
+    scenario.starts_after("first deploy")
+    manager, _ = nodes
+    _, slug = project
+    with Load(manager.port(80)) as load:
+        result = swarm_script(ssh_config, project, "deploy", "manager", "relB")
+        load.run_until(time.time() + 3)
+    load.check(None)
+    assert "--> relB serves" in result.stdout
+    assert load.releases["relB"] > 0 and load.releases["relA"] > 0, load.releases
+    assert site_release(manager) == "relB"
+    assert rows(manager, slug) == scenario.rows
+    scenario.done.append("rolling update")
+
+
+def test_a_release_that_fails_its_health_check_is_rolled_back_by_swarm(nodes, ssh_config, project, scenario):
+    scenario.starts_after("rolling update")
+    manager, _ = nodes
+    _, slug = project
+    with Load(manager.port(80)) as load:
+        result = swarm_script(ssh_config, project, "deploy", "manager", "broken", check=False)
+    load.check(None)
+    assert result.returncode != 0
+    assert "release broken did not turn healthy: swarm rolled the app back to relB" in reason(result)
+    assert set(load.releases) == {"relB"}, load.releases
+    assert site_release(manager) == "relB"
+    assert rows(manager, slug) == scenario.rows
+    scenario.done.append("rollback")
+
+
+def test_draining_a_node_moves_its_app_tasks_while_requests_succeed(nodes, project, scenario):
+    """server.sh drain moves the app off the node as a rolling update first:
+    a plain drain would stop every app task at once when all run there."""
+    scenario.starts_after("rollback")
+    manager, _ = nodes
+    _, slug = project
+    server = f"/srv/{slug}/scripts/server.sh"
+    with Load(manager.port(80)) as load:
+        drained = on(manager, f"{server} drain worker", user="deploy")
+        assert app_nodes(manager, slug) == ["manager", "manager"]
+        assert replicas(manager, slug) == "2/2"
+        load.run_until(time.time() + 3)
+    load.check(None)
+    assert "--> draining worker" in drained
+    assert on(manager, "docker node inspect --format '{{.Spec.Availability}}' worker") == "drain"
+    with Load(manager.port(80)) as load:
+        on(manager, f"{server} activate worker", user="deploy")
+        load.run_until(time.time() + 3)
+    load.check(None)
+    assert on(manager, "docker node inspect --format '{{.Spec.Availability}}' worker") == "active"
+    assert site_release(manager) == "relB"
+    assert rows(manager, slug) == scenario.rows
