@@ -2,7 +2,8 @@
 tests/fakeserver.py: a backup is a dump and an archive of the uploaded files
 (the media volume), pruned together; a restore checks both whole before
 anything changes, puts the files back after the rows, and uploads join the
-backups only once restored."""
+backups only once restored; a deploy's release step dumps the database
+before its migrations, for scripts/rollback --with-data."""
 
 from __future__ import annotations
 
@@ -208,3 +209,41 @@ def test_the_unpacking_replaces_the_volumes_files_whole(server, tmp_path):
     broken = subprocess.run(["sh", "-c", script, "sh", str(volume)], input=archive[:700], capture_output=True)
     assert broken.returncode != 0
     assert (volume / "uploads" / "b.txt").read_bytes() == b"b"
+
+
+# --- The dump before a deploy's migrations ---
+
+RELEASE_STEP_RULES = [
+    *RESTORE_RULES,
+    (r"service=migrate", "mig1\n", 0),
+    (r"^wait mig1$", "0\n", 0),
+]
+
+
+def test_a_release_step_dumps_the_database_before_the_migrations(server):
+    server.rules = RELEASE_STEP_RULES
+    result = server.call("release_step B A")
+    assert result.returncode == 0, result.stderr
+    [dump] = dumps(server)
+    assert re.fullmatch(r"shop-\d{8}T\d{6}Z-before-migrations-of-B\.dump", dump)
+    assert (server.app_dir / "backups" / dump).read_text() == "PGDMP safety\n"
+    calls = [" ".join(call) for call in server.calls()]
+    dumped = next(i for i, call in enumerate(calls) if "pg_dump" in call)
+    migrated = next(i for i, call in enumerate(calls) if call.endswith("up --detach --no-build migrate"))
+    assert dumped < migrated, calls
+    assert f"for scripts/rollback --with-data: backups/{dump}" in result.stdout
+
+
+def test_the_dump_before_the_migrations_can_be_turned_off(server):
+    with (server.app_dir / ".env").open("a") as env:
+        env.write("PRE_MIGRATION_BACKUP=off\n")
+    server.rules = RELEASE_STEP_RULES
+    assert server.call("release_step B A").returncode == 0
+    assert dumps(server) == []
+    assert not any("pg_dump" in " ".join(call) for call in server.calls())
+
+
+def test_a_first_release_step_has_nothing_to_roll_back_to_and_no_dump(server):
+    server.rules = RELEASE_STEP_RULES
+    assert server.call("release_step B ''").returncode == 0
+    assert dumps(server) == []

@@ -36,6 +36,20 @@ cmd_backup() {
     echo "$APP_DIR/$file"
 }
 
+# pre_migration_dump RELEASE CURRENT: before RELEASE's release step runs
+# its migrations, a dump of the database alone (migrations leave the
+# uploaded files alone), named after RELEASE: scripts/rollback --with-data
+# restores it when going back to CURRENT. PRE_MIGRATION_BACKUP=off in .env
+# skips it.
+pre_migration_dump() {
+    [ "$(env_value PRE_MIGRATION_BACKUP)" != off ] || return 0
+    [ -n "$2" ] && [ -n "$(containers db running)" ] || return 0
+    local file
+    file=backups/$PROJECT-$(date -u +%Y%m%dT%H%M%SZ)-before-migrations-of-$1.dump
+    dump_database "$file"
+    step "dumped the database first, for scripts/rollback --with-data: $file ($(du -h "$file" | cut -f1))"
+}
+
 dump_database() {
     local file=$1
     (umask 077 && mkdir -p backups)
@@ -90,7 +104,7 @@ cmd_restore() {
         [[ ${2:-latest} =~ ^(latest|[0-9a-f]{8,64})$ ]] || die "not a snapshot id: $2 (restic snapshots lists them)"
         file=$APP_DIR/backups/uploaded/$PROJECT-offsite-${2:-latest}.dump
         rm -f "$file" "${file%.dump}.media.tar"
-        step "fetching snapshot ${2:-latest} from $(env_plain RESTIC_REPOSITORY)"
+        step "fetching snapshot ${2:-latest} from $(repository)"
         offsite_fetch "${2:-latest}" "$file"
     fi
     [[ $file == /* ]] || file=$APP_DIR/backups/$file

@@ -199,6 +199,7 @@ check_database_unchanged() {
 # the schema usable by the old code (add now, remove in a later release).
 release_step() {
     local release=$1 current=${2:-the old release} container code
+    pre_migration_dump "$release" "${2:-}"
     step "release step (the migrate service): migrations, then static files"
     quietly compose up --detach --no-build migrate ||
         die "could not start the release step of $release; $current keeps serving"
