@@ -353,3 +353,33 @@ def test_messages_never_show_the_password_in_the_repositorys_url(server):
     reason = one_line(server.run("backup"))
     assert reason.endswith("does not open the repository at rest:https://***@backup.example.net/shop")
     assert "s3cret" not in (server.app_dir / "backups" / ".offsite-failed").read_text()
+
+
+def test_the_failure_hook_mails_through_email_url_without_the_password_on_a_command_line(server):
+    with (server.app_dir / ".env").open("a") as env:
+        env.write(
+            "EMAIL_URL=smtp+tls://alerts%40example.net:p%3Ass@smtp.example.net:587\n"
+            "BACKUP_FAILURE_EMAIL=ops@example.net\n"
+            'DEFAULT_FROM_EMAIL="Shop <noreply@example.net>"\n'
+        )
+    sent = server.app_dir.parent / "sent"
+    (server.bin / "curl").write_text(
+        "#!/bin/bash\n"
+        f'printf "%s\\n" "$@" >"{sent}.argv"\n'
+        f'cat >"{sent}.config"\n'
+        'while [ $# -gt 0 ]; do [ "$1" != --upload-file ] || message=$2; shift; done\n'
+        f'cat "$message" >"{sent}.message"\n'
+    )
+    server.rules = [(r"config --services$", "app\n", 0)]
+    result = server.run("backup-failed", "shop-backup-verify.service")
+    assert result.returncode == 0, result.stderr
+    argv = (server.app_dir.parent / "sent.argv").read_text().splitlines()
+    assert argv[argv.index("--url") + 1] == "smtp://smtp.example.net:587" and "--ssl-reqd" in argv
+    assert argv[argv.index("--mail-from") + 1] == "noreply@example.net"
+    assert argv[argv.index("--mail-rcpt") + 1] == "ops@example.net"
+    assert not any("p:ss" in word or "p%3Ass" in word for word in argv)
+    assert (server.app_dir.parent / "sent.config").read_text() == 'user = "alerts@example.net:p:ss"\n'
+    message = (server.app_dir.parent / "sent.message").read_bytes().decode()
+    assert "Subject: shop backup failed\r\n" in message and "To: ops@example.net\r\n" in message
+    assert "shop-backup-verify.service failed on " in message
+    assert "told ops@example.net" in result.stdout
