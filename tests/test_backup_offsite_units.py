@@ -7,6 +7,7 @@ the timers' failure hook."""
 
 from __future__ import annotations
 
+import json
 import re
 import time
 
@@ -383,3 +384,20 @@ def test_the_failure_hook_mails_through_email_url_without_the_password_on_a_comm
     assert "Subject: shop backup failed\r\n" in message and "To: ops@example.net\r\n" in message
     assert "shop-backup-verify.service failed on " in message
     assert "told ops@example.net" in result.stdout
+
+
+def test_the_failure_hook_fires_an_alert_with_the_monitoring_overlay(server):
+    server.rules = [(r"config --services$", "app\nalertmanager\n", 0)]
+    result = server.run("backup-failed", "shop-backup.service")
+    assert result.returncode == 0, result.stderr
+    [post] = [call for call in server.calls() if "--post-data" in call]
+    assert post[:7] == ["compose", "--project-name", "shop", "exec", "-T", "alertmanager", "wget"]
+    assert post[-1] == "http://127.0.0.1:9093/api/v2/alerts"
+    [alert] = json.loads(post[post.index("--post-data") + 1])
+    assert alert["labels"] == {
+        "alertname": "BackupFailed",
+        "severity": "critical",
+        "unit": "shop-backup.service",
+    }
+    assert alert["annotations"]["summary"].startswith("shop-backup.service failed on ")
+    assert "told Alertmanager" in result.stdout

@@ -310,10 +310,10 @@ cmd_backup_failed() {
         fi
     fi
     if compose config --services 2>/dev/null | grep -qx alertmanager; then
+        local alert="[{\"labels\": {\"alertname\": \"BackupFailed\", \"severity\": \"critical\","
+        alert+=" \"unit\": $(json_string "$unit")}, \"annotations\": {\"summary\": $(json_string "$message")}}]"
         if compose exec -T alertmanager wget -q -O /dev/null --header 'Content-Type: application/json' \
-            --post-data "[{\"labels\": {\"alertname\": \"BackupFailed\", \"severity\": \"critical\", \"unit\": \"$unit\"},
-                \"annotations\": {\"summary\": $(json_string "$message")}}]" \
-            http://127.0.0.1:9093/api/v2/alerts; then
+            --post-data "$alert" http://127.0.0.1:9093/api/v2/alerts; then
             told+=(Alertmanager)
         else
             warn "Alertmanager did not take the BackupFailed alert"
