@@ -11,6 +11,7 @@ as the one before left it):
   rolling update   to relB under load: no request fails
   failing release  `broken` never turns healthy: swarm rolls the app back to
                    relB by itself, under load, no request fails
+  scripts/rollback back to relA under load: no request fails
   drain            the worker node drained under load (server.sh drain): its
                    app tasks move to the manager, no request fails; then
                    activated again, no request fails
@@ -239,10 +240,26 @@ def test_a_release_that_fails_its_health_check_is_rolled_back_by_swarm(nodes, ss
     scenario.done.append("rollback")
 
 
+def test_scripts_rollback_goes_back_to_the_release_before(nodes, ssh_config, project, scenario):
+    scenario.starts_after("rollback")
+    manager, _ = nodes
+    _, slug = project
+    with Load(manager.port(80)) as load:
+        result = swarm_script(ssh_config, project, "rollback", "manager")
+        load.run_until(time.time() + 3)
+    load.check(None)
+    assert "rolling back from relB to relA" in result.stdout
+    assert "--> relA serves" in result.stdout
+    assert site_release(manager) == "relA"
+    assert "release   relA" in swarm_script(ssh_config, project, "status", "manager").stdout
+    assert rows(manager, slug) == scenario.rows
+    scenario.done.append("scripts/rollback")
+
+
 def test_draining_a_node_moves_its_app_tasks_while_requests_succeed(nodes, project, scenario):
     """server.sh drain moves the app off the node as a rolling update first:
     a plain drain would stop every app task at once when all run there."""
-    scenario.starts_after("rollback")
+    scenario.starts_after("scripts/rollback")
     manager, _ = nodes
     _, slug = project
     server = f"/srv/{slug}/scripts/server.sh"
@@ -259,5 +276,5 @@ def test_draining_a_node_moves_its_app_tasks_while_requests_succeed(nodes, proje
         load.run_until(time.time() + 3)
     load.check(None)
     assert on(manager, "docker node inspect --format '{{.Spec.Availability}}' worker") == "active"
-    assert site_release(manager) == "relB"
+    assert site_release(manager) == "relA"
     assert rows(manager, slug) == scenario.rows
