@@ -279,6 +279,25 @@ compare_counts() {
     fi
 }
 
+# provision_backup_hook PROJECT USER APP_DIR: the backup timers' OnFailure=
+# unit, which runs backup-failed (provision.sh calls it, as root).
+provision_backup_hook() {
+    if put_file "/etc/systemd/system/$1-backup-failed@.service" 644 root:root <<EOF; then
+[Unit]
+Description=Report that %i failed
+
+[Service]
+Type=oneshot
+User=$2
+ExecStart=$3/scripts/server.sh backup-failed %i
+EOF
+        systemctl daemon-reload
+        changed "$1-backup-failed@.service, the backup timers' OnFailure= hook"
+    else
+        unchanged "$1-backup-failed@.service, the backup timers' OnFailure= hook"
+    fi
+}
+
 # backup-failed UNIT: the backup timers' OnFailure= hook (provision.sh).
 # Tells BACKUP_FAILURE_WEBHOOK (a POST of {"text": ...}, which Slack,
 # Mattermost and most chats take), BACKUP_FAILURE_EMAIL through EMAIL_URL,

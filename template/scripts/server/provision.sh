@@ -365,21 +365,8 @@ Environment=BACKUP_KEEP=14" "OnFailure=$project-backup-failed@%n.service"
     provision_timer "$project-backup-verify" "$user" "weekly restore drill" "Sun *-*-* 05:00:00" \
         "$app_dir/scripts/server.sh verify-backup" "Restore $project's newest backup into a scratch database" \
         "" "OnFailure=$project-backup-failed@%n.service"
-    # The timers' failure hook: a webhook, mail, Alertmanager (.env says which).
-    if put_file "/etc/systemd/system/$project-backup-failed@.service" 644 root:root <<EOF; then
-[Unit]
-Description=Report that %i failed
-
-[Service]
-Type=oneshot
-User=$user
-ExecStart=$app_dir/scripts/server.sh backup-failed %i
-EOF
-        systemctl daemon-reload
-        changed "$project-backup-failed@.service, the backup timers' OnFailure= hook"
-    else
-        unchanged "$project-backup-failed@.service, the backup timers' OnFailure= hook"
-    fi
+    # Their failure hook: a webhook, mail, Alertmanager (server/offsite.sh).
+    provision_backup_hook "$project" "$user" "$app_dir"
     # Images other than the app's get their fixes from newer builds of their
     # tags: nginx and certbot switch to them on their own, behind the health
     # gate; the database waits for scripts/refresh-images --postgres.
