@@ -24,7 +24,7 @@
 set -Eeuo pipefail
 
 SERVER_HOME=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
-for module in release-id common release nginx incoming images data offsite status provision hardening swarm; do
+for module in release-id common release nginx incoming images data offsite status provision engine hardening swarm; do
     # shellcheck source=/dev/null
     . "$SERVER_HOME/server/$module.sh"
 done
