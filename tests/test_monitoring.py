@@ -127,6 +127,7 @@ def test_node_exporter_reports_the_newest_backup_and_the_certificate_expiry(proj
     for name, mtime in (("a.dump", 1_700_000_000), ("b.dump", 1_800_000_000), ("c.tar.gz", 1_900_000_000)):
         (backups / name).write_bytes(b"x")
         os.utime(backups / name, (mtime, mtime))
+    (backups / ".offsite-ok").write_text("1800000100 0123abcd\n")
     serving = tmp_path / "letsencrypt" / "serving"
     serving.mkdir(parents=True)
     subprocess.run(
@@ -150,6 +151,7 @@ def test_node_exporter_reports_the_newest_backup_and_the_certificate_expiry(proj
     values = dict(re.findall(r"^(\w+) (\d+)$", result.stdout, re.MULTILINE))
     assert values == {
         "backup_newest_timestamp_seconds": "1800000000",
+        "backup_offsite_newest_timestamp_seconds": "1800000100",
         "tls_certificate_not_after_seconds": str(expected_end),
     }, result.stdout + result.stderr
 

@@ -4,6 +4,9 @@
 # collector's directory, then runs node_exporter with the arguments given.
 #
 #   backup_newest_timestamp_seconds    the newest dump in backups/ (0: none)
+#   backup_offsite_newest_timestamp_seconds
+#                                      the newest snapshot sent offsite (only
+#                                      with offsite backups, once one is made)
 #   tls_certificate_not_after_seconds  when the certificate nginx serves
 #                                      expires (only with HTTPS)
 #
@@ -15,6 +18,8 @@ set -eu
 textfiles=/tmp/textfile
 backups=/project/backups
 certificate=/letsencrypt/serving/fullchain.pem
+# The last offsite backup that succeeded: "STARTED SNAPSHOT" (server/offsite.sh).
+offsite=$backups/.offsite-ok
 
 newest_backup() {
     newest=0
@@ -38,6 +43,11 @@ write_metrics() {
         echo "# HELP backup_newest_timestamp_seconds When the newest dump in backups/ was written (0: none)."
         echo "# TYPE backup_newest_timestamp_seconds gauge"
         echo "backup_newest_timestamp_seconds $(newest_backup)"
+        if [ -s "$offsite" ] && read -r offsite_at _ <"$offsite"; then
+            echo "# HELP backup_offsite_newest_timestamp_seconds When the newest offsite snapshot was started."
+            echo "# TYPE backup_offsite_newest_timestamp_seconds gauge"
+            echo "backup_offsite_newest_timestamp_seconds $offsite_at"
+        fi
         if [ -s "$certificate" ] && not_after=$(certificate_not_after); then
             echo "# HELP tls_certificate_not_after_seconds When the HTTPS certificate nginx serves expires."
             echo "# TYPE tls_certificate_not_after_seconds gauge"
