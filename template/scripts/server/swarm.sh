@@ -73,17 +73,14 @@ swarm_environment() {
     POSTGRES_PASSWORD_SECRET=$(swarm_secret postgres_password "$POSTGRES_PASSWORD")
     APP_DB_PASSWORD_SECRET=$(swarm_secret app_db_password "$APP_DB_PASSWORD")
     export SECRET_KEY_SECRET DATABASE_URL_SECRET POSTGRES_PASSWORD_SECRET APP_DB_PASSWORD_SECRET
-    if grep -q '^  valkey:' compose.swarm.yaml; then
-        VALKEY_PASSWORD_SECRET=$(swarm_secret valkey_password "$VALKEY_PASSWORD")
-        CELERY_BROKER_URL_SECRET=$(swarm_secret celery_broker_url "redis://:$VALKEY_PASSWORD@valkey:6379/0")
-        export VALKEY_PASSWORD_SECRET CELERY_BROKER_URL_SECRET
-    fi
+    # server/jobs.sh, in projects that have it, adds its broker's.
+    if declare -F swarm_job_secrets >/dev/null; then swarm_job_secrets; fi
     DB_HEALTHCHECK_CONFIG=$(swarm_config db_healthcheck db/healthcheck.sh)
     NGINX_CONF_CONFIG=$(swarm_config nginx_conf nginx/nginx.conf)
     NGINX_SITE_CONFIG=$(swarm_config nginx_site nginx/templates/default.conf.template)
     export DB_HEALTHCHECK_CONFIG NGINX_CONF_CONFIG NGINX_SITE_CONFIG
     # A variable the shell of scripts/server.sh set must not win over .env's.
-    unset SECRET_KEY POSTGRES_PASSWORD APP_DB_PASSWORD VALKEY_PASSWORD DATABASE_URL
+    unset SECRET_KEY POSTGRES_PASSWORD APP_DB_PASSWORD DATABASE_URL
 }
 
 # --resolve-image never: no registry is asked; every node holds the images
