@@ -259,8 +259,11 @@ def test_every_target_is_up(stack):
 
     # Alerts that fired while the stack was starting (a target not scraped
     # yet) resolve at the rules' next evaluation once every target is up.
+    # DiskAlmostFull is about the machine the tests run on, not the stack:
+    # a busy CI disk may rightly raise it.
     def firing():
-        return [a["labels"]["alertname"] for a in prometheus_api(stack, "/api/v1/alerts")["alerts"]]
+        alerts = prometheus_api(stack, "/api/v1/alerts")["alerts"]
+        return [a["labels"]["alertname"] for a in alerts if a["labels"]["alertname"] != "DiskAlmostFull"]
 
     wait_for(lambda: firing() == [], 30, f"alerts on a healthy stack: {firing()}", stack)
 
