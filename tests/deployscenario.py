@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from conftest import prepare_images, render
-from vpshost import Vps, run
+from vpshost import Vps, build_from, build_release, run
 
 VPS_DIR = Path(__file__).parent / "vps"
 
@@ -51,12 +51,10 @@ def deploy_project(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[P
     with (rel_c / "static" / "css" / "site.css").open("a") as site_css:
         site_css.write("\nh1 {\n  letter-spacing: 0.01em;\n}\n")
     for release, context in (("relA", root), ("relC", rel_c)):
-        run(
-            "docker", "build", "--quiet", "--target", "production", "--build-arg", f"APP_RELEASE={release}",
-            "--tag", f"{slug}:{release}", str(context),
-        )  # fmt: skip
-    broken = tmp_path_factory.mktemp("broken")
-    (broken / "Dockerfile").write_text(
+        build_release(context, f"{slug}:{release}", release)
+    build_from(
+        tmp_path_factory.mktemp("broken"),
+        f"{slug}:broken",
         f"FROM {slug}:relA\n"
         "ENV APP_RELEASE=broken\n"
         # Never healthy, but "starting" for a minute: longer than deploy's
@@ -65,9 +63,8 @@ def deploy_project(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[P
         "HEALTHCHECK --interval=2s --timeout=2s --start-period=60s --retries=1 "
         'CMD ["python", "-c", "raise SystemExit(1)"]\n'
         # Serves anything, and logs each request to stderr.
-        'CMD ["python", "-m", "http.server", "8000"]\n'
+        'CMD ["python", "-m", "http.server", "8000"]\n',
     )
-    run("docker", "build", "--quiet", "--tag", f"{slug}:broken", str(broken))
     yield root, slug
     images = run("docker", "image", "ls", "--format", "{{.Repository}}:{{.Tag}}", check=False).stdout.split()
     ours = [image for image in images if slug in image]

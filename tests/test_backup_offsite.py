@@ -33,7 +33,7 @@ from pathlib import Path
 import pytest
 
 from conftest import ROOT, prepare_images, render
-from vpshost import Scenario, Vps, psql, reason, run, script, site_release
+from vpshost import Scenario, Vps, build_release, psql, reason, run, script, site_release
 
 pytestmark = pytest.mark.docker
 
@@ -262,10 +262,7 @@ def test_rollback_with_data_restores_the_dump_taken_before_the_migrations(world)
     vps, (root, slug) = world.vps, world.project
     first = site_release(vps)
     # Another release (the same code, under another release id) runs the release step.
-    run(
-        "docker", "build", "--quiet", "--target", "production", "--build-arg", "APP_RELEASE=relM",
-        "--tag", f"{slug}:relM", str(root),
-    )  # fmt: skip
+    build_release(root, f"{slug}:relM", "relM")
     deployed = script(vps, world.project, "deploy", "vps", "relM")
     assert re.search(
         rf"for scripts/rollback --with-data: backups/{slug}-\S+-before-migrations-of-relM\.dump",

@@ -41,9 +41,8 @@ from pathlib import Path
 import pytest
 import requests
 
+from siteload import SITE_HEADERS, Load
 from vpshost import (
-    SITE_HEADERS,
-    Load,
     Scenario,
     Vps,
     css,

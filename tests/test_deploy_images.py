@@ -19,7 +19,8 @@ import time
 import pytest
 
 from deployscenario import VPS_DIR
-from vpshost import Load, Scenario, Vps, push_to_a_registry_on, run, site_release
+from siteload import Load
+from vpshost import Scenario, Vps, push_to_a_registry_on, run, site_release
 
 pytestmark = pytest.mark.docker
 

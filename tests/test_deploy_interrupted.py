@@ -27,8 +27,8 @@ from collections.abc import Callable
 
 import pytest
 
+from siteload import Load
 from vpshost import (
-    Load,
     Scenario,
     Vps,
     reason,

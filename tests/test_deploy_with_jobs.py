@@ -29,7 +29,8 @@ import pytest
 import requests
 
 from conftest import prepare_images, render
-from vpshost import SITE_HEADERS, Scenario, Vps, run, script, site_release, switch_under_load
+from siteload import SITE_HEADERS
+from vpshost import Scenario, Vps, build_from, build_release, run, script, site_release, switch_under_load
 
 pytestmark = pytest.mark.docker
 
@@ -56,14 +57,10 @@ def django(vps, deploy_project, scenario, tmp_path_factory):
     )
     slug = f"deploy_django_{suffix}"
     prepare_images(root)
-    rel_e = tmp_path_factory.mktemp("relE")
-    (rel_e / "Dockerfile").write_text(f"FROM {slug}:relD\nENV APP_RELEASE=relE\n")
     try:
-        run(
-            "docker", "build", "--quiet", "--target", "production", "--build-arg", "APP_RELEASE=relD",
-            "--tag", f"{slug}:relD", str(root),
-        )  # fmt: skip
-        run("docker", "build", "--quiet", "--tag", f"{slug}:relE", str(rel_e))
+        build_release(root, f"{slug}:relD", "relD")
+        rel_e = f"FROM {slug}:relD\nENV APP_RELEASE=relE\n"
+        build_from(tmp_path_factory.mktemp("relE"), f"{slug}:relE", rel_e)
         script(vps, (root, slug), "provision", "root@vps")
         script(vps, (root, slug), "deploy", "vps", "relD")
         yield root, slug

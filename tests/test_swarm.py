@@ -32,7 +32,8 @@ from pathlib import Path
 import pytest
 
 from conftest import prepare_images, render
-from vpshost import Load, Scenario, Vps, reason, run, site_release
+from siteload import Load
+from vpshost import Scenario, Vps, build_from, build_release, reason, run, site_release
 
 pytestmark = pytest.mark.docker
 
@@ -48,18 +49,15 @@ def project(tmp_path_factory):
     slug = f"swarm_check_{suffix}"
     prepare_images(root)
     for release in ("relA", "relB"):
-        run(
-            "docker", "build", "--quiet", "--target", "production", "--build-arg", f"APP_RELEASE={release}",
-            "--tag", f"{slug}:{release}", str(root),
-        )  # fmt: skip
-    broken = tmp_path_factory.mktemp("broken")
-    (broken / "Dockerfile").write_text(
+        build_release(root, f"{slug}:{release}", release)
+    build_from(
+        tmp_path_factory.mktemp("broken"),
+        f"{slug}:broken",
         f"FROM {slug}:relA\nENV APP_RELEASE=broken\n"
         # Fails its health check within seconds of starting.
         "HEALTHCHECK --interval=2s --timeout=2s --start-period=2s --retries=2 "
-        'CMD ["python", "-c", "raise SystemExit(1)"]\n'
+        'CMD ["python", "-c", "raise SystemExit(1)"]\n',
     )
-    run("docker", "build", "--quiet", "--tag", f"{slug}:broken", str(broken))
     yield root, slug
     run("docker", "image", "rm", "--force", *(f"{slug}:{r}" for r in ("relA", "relB", "broken")), check=False)
 
@@ -84,6 +82,10 @@ def nodes(tmp_path_factory, request):
         if request.session.testsfailed > failed_before:
             for server in servers:
                 print(f"\n--- journal of {server.name} ---\n{server.journal()}")
+            # nginx's error lines say why a connection closed without an answer.
+            every_service = "for s in $(docker service ls -q); do docker service logs --tail 60 $s; done"
+            logs = servers[0].ssh("root", every_service, check=False)
+            print(f"\n--- services' logs on the manager ---\n{logs.stdout}{logs.stderr}")
         for server in servers:
             server.stop()
         run("docker", "network", "rm", network, check=False)

@@ -2,31 +2,26 @@
 
 Vps: a container that behaves like a fresh server (tests/vps/Dockerfile),
 reached over SSH. Scenario: the steps of the module's one scenario done so
-far. Load: requests through the server's nginx while a script switches
-releases, and the checks every zero-downtime test makes of them.
+far. Images of releases built for them; a switch run under load
+(tests/siteload.py).
 """
 
 from __future__ import annotations
 
-import collections
 import os
 import re
 import subprocess
-import threading
 import time
 import uuid
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Self
 
 import pytest
 import requests
 
 from conftest import free_port, prepare_images
-
-# A request to the site through nginx (SERVER_NAMES keeps localhost).
-SITE_HEADERS = {"Host": "localhost"}
+from siteload import SITE_HEADERS, Load
 
 
 def run(*command: str, check: bool = True, timeout: float = 600, **kwargs) -> subprocess.CompletedProcess:
@@ -254,120 +249,16 @@ def switch_under_load(
     return result, load
 
 
-class Load:
-    """Requests through nginx from a few threads while a script runs. Each
-    thread sends until told to stop; every failure counts (an exception of any
-    kind, or a status other than 200). MAX_SECONDS is a safety net, not a
-    limit: a load still running then means a step hung, and fails the test.
+def build_release(context: Path, image: str, release: str) -> None:
+    """The production image of the project in CONTEXT, as release RELEASE."""
+    run(
+        "docker", "build", "--quiet", "--target", "production", "--build-arg", f"APP_RELEASE={release}",
+        "--tag", image, str(context),
+    )  # fmt: skip
 
-    check() holds every zero-downtime test to the same figures: no failure, at
-    least MIN_REQUESTS answered, none slower than MAX_LATENCY, and, when old
-    containers stopped, at least MIN_AROUND app-bound answers in the AROUND
-    seconds before that moment and as many in those after it."""
 
-    THREADS = 4
-    MAX_SECONDS = 420
-    PATHS = ("/healthz", "/", "/static/css/site.css")
-    # Answered by the app; /static/ is nginx's own.
-    APP_PATHS = frozenset({"/healthz", "/"})
-    MIN_REQUESTS = 300
-    # A request sent to an old address waits out proxy_connect_timeout
-    # (250 ms) before nginx retries it, on a 2-core machine busy starting
-    # containers.
-    MAX_LATENCY = 5.0
-    AROUND = 2.0
-    MIN_AROUND = 10
-
-    def __init__(self, port: int):
-        self.url = f"http://127.0.0.1:{port}"
-        self.stop = threading.Event()
-        self.lock = threading.Lock()
-        # Each request answered 200: path, when it completed (epoch seconds), latency.
-        self.answered: list[tuple[str, float, float]] = []
-        self.failures: list[str] = []
-        self.releases: collections.Counter[str] = collections.Counter()
-        self.threads = [
-            threading.Thread(target=self.worker, args=(n,), daemon=True) for n in range(self.THREADS)
-        ]
-
-    def fail(self, failure: str) -> None:
-        with self.lock:
-            self.failures.append(f"{datetime.now(UTC):%H:%M:%S.%f} {failure}")
-
-    def worker(self, offset: int) -> None:
-        try:
-            self.send_until_stopped(offset)
-        except Exception as error:  # noqa: BLE001 - a thread that dies must count too
-            self.fail(f"load thread died: {error!r}")
-
-    def send_until_stopped(self, number: int) -> None:
-        deadline = time.monotonic() + self.MAX_SECONDS
-        with requests.Session() as session:
-            while not self.stop.is_set():
-                if time.monotonic() > deadline:
-                    self.fail(f"nothing stopped the load within {self.MAX_SECONDS}s: a step hung")
-                    return
-                path = self.PATHS[number % len(self.PATHS)]
-                number += 1
-                sent = time.monotonic()
-                try:
-                    response = session.get(self.url + path, headers=SITE_HEADERS, timeout=15)
-                    latency = time.monotonic() - sent
-                    if response.status_code != 200:
-                        raise AssertionError(f"HTTP {response.status_code}")
-                    release = response.json()["release"] if path == "/healthz" else None
-                except Exception as error:  # noqa: BLE001 - any error is a failed request
-                    self.fail(f"{path}: {error!r}")
-                else:
-                    with self.lock:
-                        self.answered.append((path, time.time(), latency))
-                        if release:
-                            self.releases[release] += 1
-                time.sleep(0.01)
-
-    def __enter__(self) -> Self:
-        for thread in self.threads:
-            thread.start()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.stop.set()
-        for thread in self.threads:
-            thread.join(timeout=30)
-            if thread.is_alive():
-                self.fail("a load thread did not stop within 30s")
-
-    def run_until(self, moment: float) -> None:
-        """Keep the load going until MOMENT (epoch seconds)."""
-        time.sleep(max(0.0, moment - time.time()))
-
-    def figures(self, stopped: float | None) -> dict:
-        app = [done for path, done, _ in self.answered if path in self.APP_PATHS]
-        figures = {
-            "requests": len(self.answered) + len(self.failures),
-            "failures": len(self.failures),
-            "worst latency": round(max((latency for *_, latency in self.answered), default=0.0), 3),
-        }
-        if stopped is not None:
-            # App-bound answers in the AROUND seconds before and after the stop.
-            figures["before the stop"] = sum(stopped - self.AROUND <= done < stopped for done in app)
-            figures["after it"] = sum(stopped <= done <= stopped + self.AROUND for done in app)
-        return figures
-
-    def check(self, stopped: float | None) -> None:
-        figures = self.figures(stopped)
-        print(
-            f"load figures: {figures}, releases {dict(self.releases)}; bounds: at least {self.MIN_REQUESTS}"
-            f" requests, worst latency under {self.MAX_LATENCY}s, at least {self.MIN_AROUND} around the stop"
-        )
-        summary = f"{figures}: {self.failures[:10]}"
-        assert not self.failures, summary
-        assert len(self.answered) >= self.MIN_REQUESTS, f"too little load to prove anything: {summary}"
-        assert figures["worst latency"] < self.MAX_LATENCY, summary
-        if stopped is not None:
-            assert figures["before the stop"] >= self.MIN_AROUND, (
-                f"no service as the old release drained: {summary}"
-            )
-            assert figures["after it"] >= self.MIN_AROUND, (
-                f"no service once the old release stopped: {summary}"
-            )
+def build_from(directory: Path, image: str, dockerfile: str) -> None:
+    """IMAGE from a Dockerfile of a few lines (FROM another release), in DIRECTORY."""
+    directory.mkdir(parents=True, exist_ok=True)
+    (directory / "Dockerfile").write_text(dockerfile)
+    run("docker", "build", "--quiet", "--tag", image, str(directory))
