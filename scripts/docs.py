@@ -50,6 +50,7 @@ REPOSITORY_PAGES = {
 }
 PROJECT_PAGES = {
     "README.md": "project/index.md",
+    "docs/backups.md": "project/backups.md",
     "docs/deploy.md": "project/deploy.md",
     "docs/email.md": "project/email.md",
     "docs/https.md": "project/https.md",

@@ -112,7 +112,7 @@ backup_status() {
 # nightly backup recorded them (status never waits on the repository).
 offsite_status() {
     offsite_on || {
-        say "offsite   off: warning, the backups stay on this server (docs/deploy.md, \"Offsite backups\")"
+        say "offsite   off: warning, the backups stay on this server (docs/backups.md, \"Offsite backups\")"
         return 0
     }
     local ok_at snapshot age failed_at reason
