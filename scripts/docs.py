@@ -8,10 +8,12 @@
 The hand-written pages are in docs/site/. The build copies them into
 docs/_build/pages/ together with what is generated from the sources: the
 copier questions, the .env variables, every laptop script's --help and the
-messages the scripts fail with (from projects rendered here with copier, so
-no Docker is needed), the D2 diagrams as SVG, the design notes in docs/, the
-changelog, and the generated project's own README and docs/.
-`nox -s docs` runs the build with the pinned tools.
+messages the scripts fail with (from projects rendered here with copier), the
+D2 diagrams as SVG, the design notes in docs/, the changelog, and the
+generated project's own README and docs/. The home pages and Django's admin
+appear as headless Chromium draws them (scripts/screenshots.py): the build
+boots the projects' stacks with Docker for that, unless the stack tests took
+them since the last commit. `nox -s docs` runs the build with the pinned tools.
 """
 
 from __future__ import annotations
@@ -30,6 +32,9 @@ try:
     from copier import run_copy
 except ImportError as error:
     sys.exit(f"docs.py: {error.name} is missing: build with `nox -s docs`, which installs what it needs")
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import screenshots  # noqa: E402 - beside this file, whoever imports it
 
 ROOT = Path(__file__).resolve().parent.parent
 SOURCE = ROOT / "docs" / "site"
@@ -276,12 +281,32 @@ def assemble(projects: dict[str, Path], pages: Path = PAGES) -> Path:
     """The site's pages: the hand-written ones, the generated ones, the copied ones."""
     shutil.rmtree(pages, ignore_errors=True)
     shutil.copytree(SOURCE, pages)
+    # The screenshots, when taken (main() sees to it; the render tests build without).
+    shots = {
+        name: caption
+        for taken in screenshots.PAGES.values()
+        for name, (_, caption) in taken.items()
+        if (screenshots.SCREENSHOTS / name).is_file()
+    }
+    for name in shots:
+        (pages / "screenshots").mkdir(exist_ok=True)
+        shutil.copy2(screenshots.SCREENSHOTS / name, pages / "screenshots" / name)
+    gallery = "\n\n".join(
+        [
+            "What a new project shows, drawn by headless Chromium from its production stack"
+            " when this site was built:",
+            *(f"![{caption}](screenshots/{name})" for name, caption in shots.items()),
+        ]
+        if shots
+        else []
+    )
     flask = projects["flask"]
     generated = {
         "questions": questions_reference(flask),
         "environment": environment_reference(projects),
         "scripts": scripts_reference(flask),
         "errors": errors_reference(flask),
+        "screenshots": gallery,
     }
     for page in pages.rglob("*.md"):
         text = page.read_text()
@@ -356,7 +381,10 @@ def main(argv: list[str]) -> int:
         print(f"docs.py: unknown command {command}: use build, serve or pages (see --help)", file=sys.stderr)
         return 2
     with tempfile.TemporaryDirectory() as tmp:
-        assemble(render_projects(Path(tmp)))
+        projects = render_projects(Path(tmp))
+        if command == "build":
+            screenshots.take_all(projects)
+        assemble(projects)
     check_navigation()
     print(f"docs.py: pages assembled in {PAGES.relative_to(ROOT)}", flush=True)
     return 0 if command == "pages" else zensical(command)

@@ -74,6 +74,24 @@ def test_a_broken_link_or_a_page_left_out_of_the_nav_fails_the_build(site, tmp_p
     assert docs.zensical("build", pages) != 0
 
 
+def test_the_screenshots_taken_are_shown_on_getting_started(projects, tmp_path, monkeypatch):
+    """Chromium's screenshots (tests/test_stack.py takes them) go onto the page
+    with their captions; a build without them shows none."""
+    monkeypatch.setattr(docs.screenshots, "SCREENSHOTS", tmp_path / "shots")
+    pages = docs.assemble(projects, tmp_path / "without" / "pages")
+    assert "screenshots/" not in (pages / "getting-started.md").read_text()
+    (tmp_path / "shots").mkdir()
+    for taken in docs.screenshots.PAGES.values():
+        for name in taken:
+            (tmp_path / "shots" / name).write_bytes(b"\x89PNG " + name.encode())
+    pages = docs.assemble(projects, tmp_path / "with" / "pages")
+    page = (pages / "getting-started.md").read_text()
+    for taken in docs.screenshots.PAGES.values():
+        for name, (_, caption) in taken.items():
+            assert f"![{caption}](screenshots/{name})" in page
+            assert (pages / "screenshots" / name).read_bytes() == b"\x89PNG " + name.encode()
+
+
 def test_each_scripts_help_in_the_docs_is_what_the_script_prints(site, projects):
     page = (site / "reference" / "scripts.md").read_text()
     documented = dict(re.findall(r"^## `scripts/([\w.-]+)`\n\n```text\n(.*?)\n```$", page, re.M | re.S))

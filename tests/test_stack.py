@@ -7,15 +7,21 @@ that stop the database or restart the stack come last.
 
 from __future__ import annotations
 
+import importlib.util
 import re
 import uuid
 
 import docker
 import pytest
 import requests
+from PIL import Image
 from python_on_whales import DockerClient
 
-from conftest import FRAMEWORKS, Stack, app_access_record, booted, render
+from conftest import FRAMEWORKS, ROOT, Stack, app_access_record, booted, render
+
+spec = importlib.util.spec_from_file_location("screenshots", ROOT / "scripts" / "screenshots.py")
+screenshots = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(screenshots)
 
 pytestmark = pytest.mark.docker
 
@@ -25,6 +31,11 @@ def stack(request, tmp_path_factory):
     project = render(tmp_path_factory.mktemp(request.param) / "project", framework=request.param)
     with booted(project, request) as stack:
         yield stack
+
+
+@pytest.fixture(scope="module")
+def chromium():
+    screenshots.build_chromium()
 
 
 def canonical(page: str) -> str:
@@ -74,6 +85,35 @@ def test_stylesheet_is_served_by_nginx_not_the_app(stack: Stack):
     on_disk = stack.compose("exec", "-T", "nginx", "cat", on_disk_path)
     assert response.content == on_disk.stdout.encode()
     assert path not in stack.compose("logs", "--no-color", "app").stdout, "the app served a static file"
+
+
+def test_the_pages_as_chromium_draws_them(stack: Stack, chromium):
+    """Through nginx, styled by the stylesheets it serves; the documentation
+    site shows these screenshots (scripts/screenshots.py)."""
+    nginx = stack.compose("ps", "-q", "nginx").stdout.strip()
+    framework = "django" if (stack.project / "manage.py").exists() else "flask"
+    for name, (path, _) in screenshots.PAGES[framework].items():
+        with Image.open(screenshots.take(nginx, path, screenshots.SCREENSHOTS / name)) as shot:
+            page = shot.convert("RGB")
+        assert page.size == screenshots.WINDOW
+        if path == "/":
+            # site.css centres a column at most 40rem wide: unstyled, the
+            # text would start 8 px from the left.
+            background = page.getpixel((0, 0))
+            drawn = [
+                x
+                for x in range(page.width)
+                for y in range(0, page.height, 4)
+                if page.getpixel((x, y)) != background
+            ]
+            assert drawn and min(drawn) > page.width // 6, (
+                f"{name}: the text starts at x={min(drawn, default=None)}"
+            )
+        else:
+            # The admin's header, in its stylesheet's colour (#417690).
+            colours = {colour: count for count, colour in page.getcolors(page.width * page.height)}
+            header = colours.get((0x41, 0x76, 0x90), 0)
+            assert header > 5000, f"{name}: {header} pixels of the admin's header colour"
 
 
 def test_security_headers_and_no_version_leak(stack: Stack):
