@@ -204,6 +204,14 @@ def wait_until(
         time.sleep(0.25)
 
 
+def lines_of(failures: list[str], tls: TLSStack) -> str:
+    """The stack's log lines that name the failed requests' ids, and its error lines."""
+    ids = re.findall(r"request id ([0-9a-f]{32})", " ".join(failures))
+    logs = tls.stack.compose("logs", "--no-color", check=False).stdout.splitlines()
+    wanted = [*ids, '"level": "ERROR"', '"level":"ERROR"', '"status":5', '"status": 5', "[error]", "[alert]"]
+    return "\n".join(line for line in logs if any(word in line for word in wanted))
+
+
 def nginx_state(tls: TLSStack) -> tuple[str, int]:
     """When the nginx container started, and how many reloads its watcher logged."""
     nginx_id = tls.stack.compose("ps", "-q", "nginx").stdout.strip()
@@ -287,7 +295,7 @@ def test_the_renewal_loop_renews_and_nginx_reloads_under_load(tls: TLSStack):
         print(f"  {kind}: {len(answers)} requests on {connections} connections, {failures} failures,", end="")
         print(f" worst latency {worst:.3f}s, {retries} retried on a connection the server closed")
     failures = [f"{client.kind}: {failure}" for client in clients for failure in client.failures]
-    assert not failures, f"{len(failures)} requests failed: {failures[:10]}"
+    assert not failures, f"{len(failures)} requests failed: {failures[:10]}\n{lines_of(failures, tls)}"
     for client in clients:
         assert len(client.answers) - client.on(after["serialNumber"]) >= MIN_EACH_SIDE, client.kind
         assert client.on(after["serialNumber"]) >= MIN_EACH_SIDE, client.kind

@@ -110,6 +110,11 @@ class PinnedAdapter(requests.adapters.HTTPAdapter):
         self.poolmanager.pool_classes_by_scheme = {"https": pool}
 
 
+def answered(status: int, headers, body: bytes) -> str:
+    """A failed answer, with the request id nginx gave it (its log lines have it too)."""
+    return f"HTTP {status} (request id {headers.get('X-Request-ID')}): {body[:200]!r}"
+
+
 def keep_alive(tls: TLSStack) -> Callable[[], tuple[str, int]]:
     """One requests.Session: its connections are kept alive between requests.
     On reload nginx closes idle ones, and a request sent at that instant meets
@@ -127,7 +132,9 @@ def keep_alive(tls: TLSStack) -> Callable[[], tuple[str, int]]:
         request.retries += len(response.raw.retries.history)
         seen = response.raw.connection.seen
         # Read to the end, which returns the connection to the pool.
-        assert response.status_code == 200 and response.content, f"HTTP {response.status_code}"
+        assert response.status_code == 200 and response.content, answered(
+            response.status_code, response.headers, response.content
+        )
         return seen
 
     request.retries = 0
@@ -145,7 +152,8 @@ def fresh_connections(tls: TLSStack) -> Callable[[], tuple[str, int]]:
             seen = connection.sock.getpeercert()["serialNumber"], connection.sock.getsockname()[1]
             connection.request("GET", "/healthz")
             response = connection.getresponse()
-            assert response.status == 200 and response.read(), f"HTTP {response.status}"
+            body = response.read()
+            assert response.status == 200 and body, answered(response.status, response.headers, body)
             return seen
         finally:
             connection.close()
