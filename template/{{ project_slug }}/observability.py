@@ -173,8 +173,18 @@ METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"}
 ROUTE_KEY = "app.route"
 
 
-@cache
+# A worker's threads can serve their first requests at the same moment: one
+# of them makes the metrics, since registering one twice fails.
+_metrics_lock = threading.Lock()
+
+
 def _request_metrics():
+    with _metrics_lock:
+        return _make_request_metrics()
+
+
+@cache
+def _make_request_metrics():
     from prometheus_client import Counter, Histogram
 
     labels = ("route", "method", "status")
