@@ -1,6 +1,6 @@
 """Django-only stack tests: the admin through nginx, CSRF behind the proxy, and
 `check --deploy` in the built image. The checks both frameworks share are in
-test_stack.py; the project's own pytest suite runs in test_project_suite.py.
+test_stack.py; the project's own pytest suite runs in test_workflow_sessions.py.
 """
 
 from __future__ import annotations
