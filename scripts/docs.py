@@ -30,11 +30,11 @@ from pathlib import Path
 try:
     import yaml
     from copier import run_copy
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    import screenshots  # beside this file, whoever imports it
 except ImportError as error:
     sys.exit(f"docs.py: {error.name} is missing: build with `nox -s docs`, which installs what it needs")
-
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-import screenshots  # noqa: E402 - beside this file, whoever imports it
 
 ROOT = Path(__file__).resolve().parent.parent
 SOURCE = ROOT / "docs" / "site"

@@ -8,12 +8,15 @@ scripts/docs.py boots the stacks itself when no test run left them.
 from __future__ import annotations
 
 import os
-import shlex
-import socket
 import subprocess
+import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
+# The test suite's stack and image preparation, as the benchmark uses them.
+sys.path.insert(0, str(ROOT / "tests"))
+from conftest import Stack, prepare_images  # noqa: E402
+
 SCREENSHOTS = ROOT / "docs" / "_build" / "screenshots"
 CHROMIUM = ROOT / "scripts" / "chromium"
 IMAGE = "template-docs-chromium"
@@ -29,10 +32,8 @@ WINDOW = (1100, 700)
 
 
 def build_chromium() -> None:
-    """Chromium's image; TEMPLATE_TEST_PREPARE (README.md, "Tests") on its directory first, when set."""
-    prepare = os.environ.get("TEMPLATE_TEST_PREPARE")
-    if prepare:
-        subprocess.run([*shlex.split(prepare), str(CHROMIUM)], check=True, capture_output=True)
+    """Chromium's image, its base image prepared as the test suite's are."""
+    prepare_images(CHROMIUM)
     subprocess.run(
         ["docker", "build", "--quiet", "--tag", IMAGE, str(CHROMIUM)], check=True, capture_output=True
     )
@@ -70,12 +71,6 @@ def take(nginx: str, path: str, out: Path) -> Path:
     return out
 
 
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
 def fresh() -> bool:
     """Every screenshot is there, taken since the last commit."""
     committed = subprocess.run(
@@ -92,39 +87,16 @@ def take_all(projects: dict[str, Path]) -> None:
         print(f"screenshots: those the stack tests took, in {SCREENSHOTS.relative_to(ROOT)}", flush=True)
         return
     build_chromium()
-    prepare = os.environ.get("TEMPLATE_TEST_PREPARE")
     for framework, pages in PAGES.items():
         project = projects[framework]
-        if prepare:
-            subprocess.run([*shlex.split(prepare), str(project)], check=True, capture_output=True)
+        prepare_images(project)
         # The production stack (compose.yaml alone), on a port of its own.
-        env = {**os.environ, "COMPOSE_PROJECT_NAME": f"docs-{framework}", "APP_RELEASE": "docs"}
-        env["HTTP_PORT"] = str(free_port())
-        compose = ["docker", "compose", "--file", "compose.yaml"]
+        stack = Stack(project)
         print(f"screenshots: booting the {framework} project's stack", flush=True)
         try:
-            up = subprocess.run(
-                [*compose, "up", "--build", "--wait", "--quiet-pull"],
-                cwd=project,
-                env=env,
-                capture_output=True,
-                text=True,
-            )
-            if up.returncode != 0:
-                raise RuntimeError(
-                    f"the {framework} stack did not boot for its screenshots:\n{up.stdout}{up.stderr}"
-                )
-            nginx = subprocess.run(
-                [*compose, "ps", "-q", "nginx"],
-                cwd=project,
-                env=env,
-                check=True,
-                capture_output=True,
-                text=True,
-            ).stdout.strip()
+            stack.up("--build")
+            nginx = stack.compose("ps", "-q", "nginx").stdout.strip()
             for name, (path, _) in pages.items():
                 take(nginx, path, SCREENSHOTS / name)
         finally:
-            subprocess.run(
-                [*compose, "down", "--volumes"], cwd=project, env=env, check=False, capture_output=True
-            )
+            stack.down()
