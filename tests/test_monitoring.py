@@ -167,12 +167,13 @@ def prometheus_api(stack: Stack, path: str) -> dict:
 
 
 def app_metrics(stack: Stack) -> dict[tuple[str, str, str], float]:
-    """http_requests_total by (route, method, status), as Prometheus would read it."""
+    """Requests counted (the histogram's _count) by (route, method, status), as Prometheus would read it."""
     text = stack.compose(
         "exec", "-T", "prometheus", "wget", "-q", "-O", "-", "http://app:8001/metrics"
     ).stdout
     counts = {}
-    for labels, value in re.findall(r"^http_requests_total\{(.*)\} (\S+)$", text, re.MULTILINE):
+    counted = re.findall(r"^http_request_duration_seconds_count\{(.*)\} (\S+)$", text, re.MULTILINE)
+    for labels, value in counted:
         label = dict(re.findall(r'(\w+)="([^"]*)"', labels))
         counts[(label["route"], label["method"], label["status"])] = float(value)
     return counts
@@ -280,7 +281,7 @@ def test_requests_are_counted_by_route_and_status_across_workers(stack):
     # The container healthcheck's requests, under their own route.
     assert after[("/healthz", "GET", "200")] > 0
     files = stack.compose("exec", "-T", "app", "ls", "/tmp/metrics").stdout.split()
-    workers = {name.split("_")[1] for name in files if re.fullmatch(r"counter_\d+\.db", name)}
+    workers = {name.split("_")[1] for name in files if re.fullmatch(r"histogram_\d+\.db", name)}
     assert len(workers) >= 2, f"one worker served every request: {files}"
 
 
@@ -288,7 +289,7 @@ def test_metrics_are_not_served_through_nginx(stack):
     for path in ("/metrics", "/stub_status"):
         response = stack.get(path)
         assert response.status_code == 404, path
-        assert "http_requests_total" not in response.text and "Active connections" not in response.text
+        assert "http_request_duration" not in response.text and "Active connections" not in response.text
     # Inside, on nginx's network, stub_status answers on its own port.
     script = "import urllib.request; print(urllib.request.urlopen('http://nginx:8080/stub_status').read().decode())"
     inside = stack.compose("exec", "-T", "app", "python", "-c", script).stdout
@@ -300,12 +301,12 @@ def test_metrics_are_not_served_through_nginx(stack):
 def test_a_worker_that_exits_loses_no_count(stack):
     before = app_metrics(stack)
     files = stack.compose("exec", "-T", "app", "ls", "/tmp/metrics").stdout.split()
-    pid = next(name.split("_")[1][:-3] for name in files if re.fullmatch(r"counter_\d+\.db", name))
+    pid = next(name.split("_")[1][:-3] for name in files if re.fullmatch(r"histogram_\d+\.db", name))
     stack.compose("exec", "-T", "app", "python", "-c", f"import os, signal; os.kill({pid}, signal.SIGTERM)")
 
     def archived():
         names = stack.compose("exec", "-T", "app", "ls", "/tmp/metrics").stdout.split()
-        return names if f"counter_{pid}.db" not in names and "counter_archive.db" in names else None
+        return names if f"histogram_{pid}.db" not in names and "histogram_archive.db" in names else None
 
     wait_for(archived, 30, f"worker {pid}'s counts never moved to the archive", stack)
     after = app_metrics(stack)

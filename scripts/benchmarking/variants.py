@@ -42,8 +42,8 @@ VARIANTS: dict[str, dict] = {
     "no-metrics": {
         "edit": {
             "*/observability.py": (
-                "    requests, latency = _request_metrics()\n",
-                "    return  # no metrics\n    requests, latency = _request_metrics()\n",
+                "    _request_latency.series(labels).observe(seconds)\n",
+                "    return  # no metrics\n",
             )
         }
     },

@@ -17,7 +17,6 @@ import threading
 import time
 import uuid
 from contextvars import ContextVar
-from functools import cache
 
 import sentry_sdk
 
@@ -173,39 +172,45 @@ METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"}
 ROUTE_KEY = "app.route"
 
 
-# A worker's threads can serve their first requests at the same moment: one
-# of them makes the metrics, since registering one twice fails.
-_metrics_lock = threading.Lock()
+class _RequestLatency:
+    """The request histogram, made on a worker's first request (once Gunicorn
+    has set the directory), and its series by label values, kept here since
+    Histogram.labels() checks and locks on every call. Its `_count` is the
+    number of requests: a separate counter would add to each request's writes."""
+
+    def __init__(self):
+        self.histogram = None
+        self.by_labels = {}
+        # A worker's threads can serve their first requests at the same
+        # moment: one of them makes the histogram, since registering it twice fails.
+        self.lock = threading.Lock()
+
+    def series(self, labels: tuple[str, str, str]):
+        series = self.by_labels.get(labels)
+        if series is None:
+            with self.lock:
+                if self.histogram is None:
+                    from prometheus_client import Histogram
+
+                    self.histogram = Histogram(
+                        "http_request_duration_seconds",
+                        "Time to answer a request, by route, method and status.",
+                        ("route", "method", "status"),
+                        buckets=LATENCY_BUCKETS,
+                    )
+                series = self.by_labels.setdefault(labels, self.histogram.labels(*labels))
+        return series
 
 
-def _request_metrics():
-    with _metrics_lock:
-        return _make_request_metrics()
-
-
-@cache
-def _make_request_metrics():
-    from prometheus_client import Counter, Histogram
-
-    labels = ("route", "method", "status")
-    requests = Counter("http_requests", "Requests answered, by route, method and status.", labels)
-    latency = Histogram(
-        "http_request_duration_seconds",
-        "Time to answer a request, by route, method and status.",
-        labels,
-        buckets=LATENCY_BUCKETS,
-    )
-    return requests, latency
+_request_latency = _RequestLatency()
 
 
 def record_request(route: str | None, method: str, status: int | str, seconds: float) -> None:
-    """Counts one answered request. The route is the pattern the request
-    matched (/items/<id>), never its path, so that the series stay few;
-    requests that matched none are counted together as "unmatched"."""
+    """Counts and times one answered request. The route is the pattern the
+    request matched (/items/<id>), never its path, so that the series stay
+    few; requests that matched none are counted together as "unmatched"."""
     labels = (route or "unmatched", method if method in METHODS else "other", str(status))
-    requests, latency = _request_metrics()
-    requests.labels(*labels).inc()
-    latency.labels(*labels).observe(seconds)
+    _request_latency.series(labels).observe(seconds)
 
 
 class MetricsMiddleware:
