@@ -164,6 +164,7 @@ def main() -> int:
             results["stacks"][name] = {
                 "timings": boot.timings,
                 "app_layers_mb": boot.app_layers_mb(),
+                **({"metrics_us": boot.metrics_us()} if name in ("flask", "django") else {}),
                 "memory_idle": idle[name],
                 "memory_load": boot.memory_load,
             }
