@@ -50,7 +50,11 @@ case $command in
     "id -u ") echo 0 ;;
     "uname -m ") echo "${FAKE_UNAME:-x86_64}" ;;
     "mktemp -d ") echo /tmp/stage ;;
-    *"docker image inspect"*) echo sha256:local ;;
+    # A swarm's manager when FAKE_SWARM_NODES lists its other nodes.
+    *"DEPLOY_MODE=swarm"*) [ -n "${FAKE_SWARM_NODES:-}" ] ;;
+    *"docker node inspect"*) printf '%s\n' "$FAKE_SWARM_NODES" ;;
+    # The server has every image; the swarm's other nodes have none.
+    *"docker image inspect"*) case ${*: -2:1} in *@10.*) exit 1 ;; *) echo sha256:local ;; esac ;;
     *"server.sh backup "*) printf -- '--> dumped\n/srv/my_app/backups/my_app-1.dump\n' ;;
     "cat /srv/my_app/backups/my_app-1.dump ") echo "the dump" ;;
 esac
@@ -374,3 +378,28 @@ def test_deploy_builds_for_the_servers_architecture(fake):
     assert error_line(fake.run("deploy", "host", "rel1", FAKE_UNAME="riscv64")) == (
         "deploy: the server runs on riscv64, which this deploy builds no image for"
     )
+
+
+def test_deploy_ships_the_image_to_each_other_swarm_node_through_the_server(fake):
+    nodes = "worker1 10.0.0.6\nworker2 10.0.0.7"
+    result = fake.run("deploy", "vps", "rel1", FAKE_SWARM_NODES=nodes)
+    assert result.returncode == 0, result.stderr
+    through_the_server = re.compile(r"ProxyCommand=ssh .*ControlPath=\S+/master -W %h:%p deploy@vps ")
+    for name, address in (("worker1", "10.0.0.6"), ("worker2", "10.0.0.7")):
+        assert f"--> shipping my_app:rel1 to node {name} ({address})" in result.stdout
+        calls = [line for line in fake.lines("argv") if f"deploy@{address}" in line]
+        # Asked for its image, then sent it; each time through the server's
+        # shared connection, never straight to the node.
+        assert len(calls) == 2, calls
+        assert all(through_the_server.search(call) for call in calls), calls
+        assert not any("ControlPath" in call.split("ProxyCommand=")[0] for call in calls), calls
+    assert fake.lines("docker").count("save my_app:rel1") == 2
+    # The manager has it already: the deploy's own stream carries no image.
+    assert "--> image my_app:rel1 is already on the server" in result.stdout
+
+
+def test_a_single_server_deploy_asks_for_no_nodes(fake):
+    result = fake.run("deploy", "vps", "rel1")
+    assert result.returncode == 0, result.stderr
+    assert not any("docker node" in command for command in fake.lines("commands"))
+    assert "to node" not in result.stdout

@@ -7,7 +7,8 @@ manager, whose .env says DEPLOY_MODE=swarm.
 One swarm serves the whole module, in steps (each test starts from the swarm
 as the one before left it):
 
-  first deploy     relA serves, app tasks on both nodes; rows written
+  first deploy     relA shipped to the worker through the manager; it
+                   serves, app tasks on both nodes; rows written
   rolling update   to relB under load: no request fails
   failing release  `broken` never turns healthy: swarm rolls the app back to
                    relB by itself, under load, no request fails
@@ -15,6 +16,8 @@ as the one before left it):
   drain            the worker node drained under load (server.sh drain): its
                    app tasks move to the manager, no request fails; then
                    activated again, no request fails
+  backup, restore  the nightly backup's service on the manager; a restore
+                   brings the rows back
 
 and the database keeps its rows throughout.
 """
@@ -23,7 +26,6 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
 import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
@@ -105,13 +107,21 @@ def address(server: Vps) -> str:
 
 @pytest.fixture(scope="module")
 def ssh_config(nodes, tmp_path_factory) -> Path:
-    """One SSH config naming both nodes, as a laptop's would: manager and worker."""
+    """One SSH config naming both nodes, as a laptop's would: manager and
+    worker, and the key for the worker's private address (deploys reach it
+    through the manager)."""
     config = tmp_path_factory.mktemp("ssh") / "config"
+    worker = nodes[1]
     config.write_text(
         "".join(
             server.ssh_config.read_text().replace("Host vps", f"Host {name}")
             for server, name in zip(nodes, ("manager", "worker"), strict=True)
         )
+        + f"Host {address(worker).split('/')[0]}\n"
+        f"  IdentityFile {worker.key}\n"
+        "  IdentitiesOnly yes\n"
+        f"  UserKnownHostsFile {worker.workdir / 'known_hosts_private'}\n"
+        "  LogLevel ERROR\n"
     )
     return config
 
@@ -179,12 +189,9 @@ def test_provision_makes_a_manager_and_joins_a_worker(nodes, ssh_config, project
         "worker Ready",
     ]
     assert on(manager, f"grep ^DEPLOY_MODE= /srv/{slug}/.env") == "DEPLOY_MODE=swarm"
-    # docs/scaling.md, "Images": the worker loads the releases' images.
-    save = subprocess.Popen(
-        ["docker", "save", *(f"{slug}:{r}" for r in ("relA", "relB", "broken"))], stdout=subprocess.PIPE
-    )
-    worker.ssh("deploy", "docker load", input=None, stdin=save.stdout)
-    assert save.wait() == 0
+    # The manager runs the timers: the worker's, from its single-server days, are off.
+    assert f"changed  {slug}-backup.timer off: the manager runs it" in joined.stdout, joined.stdout
+    assert on(worker, f"systemctl is-enabled {slug}-backup.timer", check=False) == "disabled"
     scenario.done.append("swarm")
 
 
@@ -193,6 +200,8 @@ def test_first_deploy_spreads_the_app_over_both_nodes(nodes, ssh_config, project
     manager, _ = nodes
     _, slug = project
     result = swarm_script(ssh_config, project, "deploy", "manager", "relA")
+    # Through the manager, to the worker's private address (docs/scaling.md).
+    assert f"--> shipping {slug}:relA to node worker ({address(nodes[1]).split('/')[0]})" in result.stdout
     assert "--> release job of relA" in result.stdout
     assert "--> relA serves" in result.stdout
     assert site_release(manager) == "relA"
@@ -220,6 +229,7 @@ def test_a_rolling_update_fails_no_request(nodes, ssh_config, project, scenario)
         result = swarm_script(ssh_config, project, "deploy", "manager", "relB")
         load.run_until(time.time() + 3)
     load.check(None)
+    assert f"--> shipping {slug}:relB to node worker" in result.stdout
     assert "--> relB serves" in result.stdout
     assert load.releases["relB"] > 0 and load.releases["relA"] > 0, load.releases
     assert site_release(manager) == "relB"
@@ -280,3 +290,23 @@ def test_draining_a_node_moves_its_app_tasks_while_requests_succeed(nodes, proje
     assert on(manager, "docker node inspect --format '{{.Spec.Availability}}' worker") == "active"
     assert site_release(manager) == "relA"
     assert rows(manager, slug) == scenario.rows
+    scenario.done.append("drain")
+
+
+def test_the_nightly_backup_and_a_restore_work_on_the_manager(nodes, ssh_config, project, scenario):
+    """scripts/backup's and restore's server side find the stack's tasks on
+    the manager: the database's container, the media volume."""
+    scenario.starts_after("drain")
+    manager, _ = nodes
+    _, slug = project
+    # The nightly timer's service, started now, as systemd would.
+    on(manager, f"systemctl start {slug}-backup.service")
+    files = on(manager, f"ls /srv/{slug}/backups", user="deploy").split()
+    dump = next(name for name in files if name.endswith(".dump"))
+    assert dump.removesuffix(".dump") + ".media.tar" in files, files
+    rows(manager, slug, "INSERT INTO swarm_rows VALUES (501);")
+    assert rows(manager, slug) != scenario.rows
+    restored = swarm_script(ssh_config, project, "restore", "--yes", "manager", dump)
+    assert f"--> restored {dump}" in restored.stdout, restored.stdout
+    assert rows(manager, slug) == scenario.rows
+    assert site_release(manager) == "relA"

@@ -79,13 +79,13 @@ previous_release() {
     recent_releases | grep -vxF -- "${1:-}" | head -n 1 || true
 }
 
-# Containers of one service, by state (running, created, exited...).
+# Containers of one service on this server, by state (running, created,
+# exited...): on a swarm, its tasks' containers on this node (swarm.sh).
 containers() {
-    docker ps --all --quiet --no-trunc \
-        --filter "label=com.docker.compose.project=$PROJECT" \
-        --filter "label=com.docker.compose.service=$1" \
-        --filter "label=com.docker.compose.oneoff=False" \
-        ${2:+--filter "status=$2"}
+    local labels=(--filter "label=com.docker.compose.project=$PROJECT"
+        --filter "label=com.docker.compose.service=$1" --filter "label=com.docker.compose.oneoff=False")
+    ! swarm_mode || labels=(--filter "label=com.docker.swarm.service.name=${PROJECT}_$1")
+    docker ps --all --quiet --no-trunc "${labels[@]}" ${2:+--filter "status=$2"}
 }
 
 # The compose configuration a running container was created from, and the

@@ -54,7 +54,7 @@ dump_database() {
     local file=$1
     (umask 077 && mkdir -p backups)
     # shellcheck disable=SC2016 # expanded in the container
-    if ! (umask 077 && compose exec -T db sh -c 'pg_dump --format=custom --username="$POSTGRES_USER" --dbname="$POSTGRES_DB"' >"$file.partial"); then
+    if ! (umask 077 && db_exec sh -c 'pg_dump --format=custom --username="$POSTGRES_USER" --dbname="$POSTGRES_DB"' >"$file.partial"); then
         rm -f "$file.partial"
         die "pg_dump failed"
     fi
@@ -74,8 +74,30 @@ archive_media() {
 }
 
 # media_run COMMAND [ARG...]: run a command beside the media volume, in a one-off
-# container of the app's service.
-media_run() { compose run --rm --no-deps -T --entrypoint "$1" app "${@:2}"; }
+# container of the app's service; on a swarm, of the release's image with
+# this node's media volume (docs/scaling.md, "Backups and logs").
+media_run() {
+    if swarm_mode; then
+        docker run --rm -i --network none --volume "${PROJECT}_media:$MEDIA_DIR" \
+            --entrypoint "$1" "$PROJECT:$(current_release)" "${@:2}"
+    else
+        compose run --rm --no-deps -T --entrypoint "$1" app "${@:2}"
+    fi
+}
+
+# db_exec [-e NAME=VALUE]... COMMAND [ARG...]: run a command in the
+# database's container, fed this function's standard input.
+db_exec() {
+    local options=() container
+    while [ "${1:-}" = -e ]; do options+=(-e "$2") && shift 2; done
+    if swarm_mode; then
+        container=$(containers db running | head -n 1)
+        [ -n "$container" ] || die "the database runs on another node: run this on the one labelled $PROJECT.db"
+        docker exec -i ${options[@]+"${options[@]}"} "$container" "$@"
+    else
+        compose exec -T ${options[@]+"${options[@]}"} db "$@"
+    fi
+}
 
 # Keep the newest KEEP backups of backups/ (their names sort by time): each
 # dump, and the archive of uploaded files made with it.
@@ -127,7 +149,7 @@ cmd_restore() {
     cmd_backup --label pre-restore | indent
     step "restoring $(basename "$file") into database $(env_value POSTGRES_DB)"
     # shellcheck disable=SC2016 # expanded in the container
-    if ! compose exec -T -e PGOPTIONS='-c lock_timeout=60s' db sh -c \
+    if ! db_exec -e PGOPTIONS='-c lock_timeout=60s' sh -c \
         'pg_restore --clean --if-exists --no-owner --single-transaction --exit-on-error --username="$POSTGRES_USER" --dbname="$POSTGRES_DB"' \
         <"$file" 2>&1 | indent; then
         refuse_restore $uploaded "$file" "$media" "pg_restore failed: the database is unchanged"
@@ -172,5 +194,5 @@ restore_media() {
 # entry and writes the SQL nowhere. A truncated dump fails here, before the
 # safety backup and the restore.
 check_dump() {
-    compose exec -T db pg_restore --file=/dev/null <"$1" >/dev/null 2>&1
+    db_exec pg_restore --file=/dev/null <"$1" >/dev/null 2>&1
 }

@@ -234,7 +234,7 @@ cmd_verify_backup() {
     compare_counts "$live" "$backup"
 }
 
-db_shell() { compose exec -T db sh -c "$1" sh "${@:2}"; }
+db_shell() { db_exec sh -c "$1" sh "${@:2}"; }
 
 # shellcheck disable=SC2016 # expanded in the container
 restore_scratch() {

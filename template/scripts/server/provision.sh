@@ -145,11 +145,24 @@ EOF
     step "swap"
     provision_swap "$swap"
 
-    step "$app_dir"
-    provision_app_dir "$project" "$domain" "$user" "$app_dir" "$env_file" "$address" "${secrets[*]}"
+    if [ -n "$join_token" ]; then
+        # The manager holds the project's files and runs its commands and
+        # timers; this node runs the tasks swarm gives it.
+        step "$app_dir and timers: on the manager only"
+        local timer
+        for timer in "$project-backup" "$project-backup-verify" "$project-refresh-images"; do
+            if systemctl is-enabled --quiet "$timer.timer" 2>/dev/null; then
+                systemctl disable --now --quiet "$timer.timer"
+                changed "$timer.timer off: the manager runs it"
+            fi
+        done
+    else
+        step "$app_dir"
+        provision_app_dir "$project" "$domain" "$user" "$app_dir" "$env_file" "$address" "${secrets[*]}"
 
-    step "timers: daily backup, weekly restore drill and image refresh"
-    provision_timers "$project" "$user" "$app_dir"
+        step "timers: daily backup, weekly restore drill and image refresh"
+        provision_timers "$project" "$user" "$app_dir"
+    fi
 
     if [ -n "$swarm" ]; then
         step "swarm (docs/scaling.md)"
