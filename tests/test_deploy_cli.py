@@ -392,8 +392,12 @@ def test_deploy_ships_the_image_to_each_other_swarm_node_through_the_server(fake
         # shared connection, never straight to the node.
         assert len(calls) == 2, calls
         assert all(through_the_server.search(call) for call in calls), calls
+        # Its host key checked against those the server recorded when it joined.
+        pinned = re.compile(r"StrictHostKeyChecking=yes -o UserKnownHostsFile=\S+/nodes.known_hosts ")
+        assert all(pinned.search(call) for call in calls), calls
         assert not any("ControlPath" in call.split("ProxyCommand=")[0] for call in calls), calls
     assert fake.lines("docker").count("save my_app:rel1") == 2
+    assert f"cat {APP_DIR}/nodes.known_hosts " in fake.lines("commands")
     # The manager has it already: the deploy's own stream carries no image.
     assert "--> image my_app:rel1 is already on the server" in result.stdout
 

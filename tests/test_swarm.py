@@ -120,7 +120,6 @@ def ssh_config(nodes, tmp_path_factory) -> Path:
         + f"Host {address(worker).split('/')[0]}\n"
         f"  IdentityFile {worker.key}\n"
         "  IdentitiesOnly yes\n"
-        f"  UserKnownHostsFile {worker.workdir / 'known_hosts_private'}\n"
         "  LogLevel ERROR\n"
     )
     return config
@@ -181,6 +180,7 @@ def test_provision_makes_a_manager_and_joins_a_worker(nodes, ssh_config, project
         ssh_config, project, "provision", "--swarm", address(worker), "--join", "root@manager", "root@worker"
     )
     assert "changed  joined the swarm of" in joined.stdout, joined.stdout
+    assert "deploy to its manager: scripts/deploy manager" in joined.stdout
     assert "live-restore false" in joined.stdout
     again = swarm_script(ssh_config, project, "provision", "--swarm", address(manager), "root@manager")
     assert "provision: 0 changed" in again.stdout, again.stdout
@@ -189,6 +189,10 @@ def test_provision_makes_a_manager_and_joins_a_worker(nodes, ssh_config, project
         "worker Ready",
     ]
     assert on(manager, f"grep ^DEPLOY_MODE= /srv/{slug}/.env") == "DEPLOY_MODE=swarm"
+    # Deploys check the worker's host key against the one it had when it joined.
+    worker_key = on(worker, "cat /etc/ssh/ssh_host_ed25519_key.pub").split()[1]
+    known = on(manager, f"cat /srv/{slug}/nodes.known_hosts", user="deploy").splitlines()
+    assert f"{address(worker).split('/')[0]} ssh-ed25519 {worker_key}" in known, known
     # The manager runs the timers: the worker's, from its single-server days, are off.
     assert f"changed  {slug}-backup.timer off: the manager runs it" in joined.stdout, joined.stdout
     assert on(worker, f"systemctl is-enabled {slug}-backup.timer", check=False) == "disabled"
