@@ -11,8 +11,10 @@ from __future__ import annotations
 import io
 import os
 import re
+import signal
 import subprocess
 import tarfile
+import time
 from pathlib import Path
 
 import pytest
@@ -41,6 +43,17 @@ case " $* " in
         fi
         ;;
 esac
+case " $* " in
+    *" -O check "*) [ ! -e "$FAKE_LOG/interrupted" ] || exit 255 ;;
+esac
+if [ -n "${FAKE_SSH_STREAM_INT:-}" ] && [[ $command == "bash -c "* ]]; then
+    # The stream's ssh as a Ctrl-C finds it: it exits 255 on SIGINT, and
+    # the terminal's SIGINT has reached the shared connection too.
+    trap 'touch "$FAKE_LOG/interrupted"; exit 255' INT
+    touch "$FAKE_LOG/streaming"
+    sleep 20 </dev/null >/dev/null 2>&1 &
+    wait $!
+fi
 case " $* " in
     *" -n "* | *" -N "* | *" -O "* | *" -G "*) ;;
     *) cat >>"$FAKE_LOG/stdin" ;;
@@ -407,3 +420,28 @@ def test_a_single_server_deploy_asks_for_no_nodes(fake):
     assert result.returncode == 0, result.stderr
     assert not any("docker node" in command for command in fake.lines("commands"))
     assert "to node" not in result.stdout
+
+
+def test_ctrl_c_during_the_stream_says_interrupted_not_lost(fake):
+    """A terminal's Ctrl-C reaches the script and its ssh processes at once:
+    ssh exits 255 and the shared connection is gone, as when the network
+    drops, but the reason given is the interrupt."""
+    deploy = subprocess.Popen(
+        [str(fake.project / "scripts" / "deploy"), "vps", "rel1"],
+        cwd=fake.project,
+        env={**fake.env, "FAKE_SSH_STREAM_INT": "1"},
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
+    deadline = time.monotonic() + 20
+    while not (fake.log / "streaming").exists():
+        assert deploy.poll() is None and time.monotonic() < deadline, deploy.communicate()
+        time.sleep(0.05)
+    os.killpg(deploy.pid, signal.SIGINT)
+    _, stderr = deploy.communicate(timeout=20)
+    assert deploy.returncode != 0
+    assert stderr.strip().splitlines()[-1].startswith("deploy: interrupted here; what the server"), stderr
+    assert "lost the SSH connection" not in stderr

@@ -2,7 +2,7 @@
 stack config` reads it (the docker CLI only, no engine), kept in step with
 compose.yaml, and server/swarm.sh's builders in milliseconds, against a fake
 `docker` on PATH that records what it is asked. The stack itself, on a real
-swarm of VPS containers, is checked by hand so far (see docs/scaling.md).
+swarm of two VPS containers, is tests/test_swarm.py's.
 """
 
 from __future__ import annotations
