@@ -19,6 +19,7 @@ import json
 import os
 import shlex
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -323,3 +324,11 @@ def booted(project: Path, request: pytest.FixtureRequest, *extra_up: str) -> Ite
         if request.session.testsfailed > failed_before or sys.exc_info()[0] is not None:
             print(f"\n--- docker compose logs ({project}) ---\n{stack.logs()}")
         stack.down()
+
+
+def like_a_terminal() -> None:
+    """Popen's preexec_fn for a script that a test interrupts with SIGINT,
+    as a terminal's Ctrl-C does: a suite started in the background (`cmd &`
+    in a shell without job control) passes SIGINT on ignored, and a shell
+    cannot trap a signal ignored when it started."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import render
+from conftest import like_a_terminal, render
 
 SCRIPTS = ["provision", "deploy", "rollback", "backup", "restore", "logs", "status"]
 APP_DIR = "/srv/my_app"
@@ -435,6 +435,7 @@ def test_ctrl_c_during_the_stream_says_interrupted_not_lost(fake):
         stderr=subprocess.PIPE,
         text=True,
         start_new_session=True,
+        preexec_fn=like_a_terminal,
     )
     deadline = time.monotonic() + 20
     while not (fake.log / "streaming").exists():

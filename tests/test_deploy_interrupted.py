@@ -27,6 +27,7 @@ from collections.abc import Callable
 
 import pytest
 
+from conftest import like_a_terminal
 from siteload import Load
 from vpshost import (
     Scenario,
@@ -63,7 +64,7 @@ def cut_short(
     env = {**os.environ, "DEPLOY_SSH_CONFIG": str(vps.ssh_config)}
     process = subprocess.Popen(
         [str(root / "scripts" / args[0]), *args[1:]], cwd=root, env=env, text=True, start_new_session=True,
-        stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, preexec_fn=like_a_terminal,
     )  # fmt: skip
     lines = []
     for line in process.stdout:
