@@ -31,8 +31,8 @@ from packaging.markers import Marker, default_environment
 from packaging.version import Version
 
 from conftest import FRAMEWORKS, render
+from fakelaptop import Fake
 from fakeserver import Server
-from test_deploy_cli import Fake
 from workflowfiles import load
 
 BIN = Path(sys.executable).parent

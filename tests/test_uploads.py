@@ -7,7 +7,7 @@ AWS_STORAGE_BUCKET_NAME set, files go to an S3-compatible bucket instead.
 
 Render tests check the compose wiring without an engine, and the laptop's
 scripts/backup and scripts/restore carrying the archive over a fake ssh
-(tests/test_deploy_cli.py's). The Docker tests
+(tests/fakelaptop.py). The Docker tests
 boot one stack per framework (with MAX_UPLOAD_SIZE=1m) and, in order: upload
 through nginx and fetch back byte-identical, with the safe headers; refuse a
 body over the limit with a 413 page; keep the files across new app and nginx
@@ -98,12 +98,12 @@ def test_s3_settings_reach_the_app_under_their_standard_names(rendered):
     assert all(re.search(rf"^# {name}=", example, re.M) for name in [*names, "MAX_UPLOAD_SIZE"]), example
 
 
-# The laptop's scripts/backup and scripts/restore, with test_deploy_cli's fake ssh.
+# The laptop's scripts/backup and scripts/restore, with tests/fakelaptop.py's fake ssh.
 
 
 @pytest.fixture
 def fake(tmp_path_factory, tmp_path):
-    from test_deploy_cli import Fake
+    from fakelaptop import Fake
 
     project = render(tmp_path_factory.mktemp("cli") / "project")
     return Fake(project, tmp_path)
