@@ -7,6 +7,7 @@ from __future__ import annotations
 import collections
 import threading
 import time
+from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Self
 
@@ -43,8 +44,10 @@ class Load:
     AROUND = 2.0
     MIN_AROUND = 10
 
-    def __init__(self, port: int):
+    def __init__(self, port: int, explain: Callable[[], str] | None = None):
         self.url = f"http://127.0.0.1:{port}"
+        # What the server says of a failure (Vps.nginx_errors), printed with it.
+        self.explain = explain
         self.stop = threading.Event()
         self.lock = threading.Lock()
         # Each request answered 200: path, when it completed (epoch seconds), latency.
@@ -142,6 +145,8 @@ class Load:
             f" requests, worst latency under {self.MAX_LATENCY}s, at least {self.MIN_AROUND} around the stop"
         )
         summary = f"{figures}: {self.failures[:10]} resent: {self.resent[:10]}"
+        if self.failures and self.explain:
+            print(f"the server's nginx warnings and errors:\n{self.explain()}")
         assert not self.failures, summary
         assert len(self.resent) <= self.MAX_RESENT, f"kept-alive connections closed too often: {summary}"
         assert len(self.answered) >= self.MIN_REQUESTS, f"too little load to prove anything: {summary}"

@@ -269,7 +269,7 @@ def test_a_release_that_never_turns_healthy_gets_no_traffic(vps, project, scenar
     """Starts from relB serving; leaves relB serving (and `broken`'s image
     on the server)."""
     scenario.starts_after("deploy under load")
-    with Load(vps.port(80)) as load:
+    with Load(vps.port(80), vps.nginx_errors) as load:
         result = script(vps, project, "deploy", "--health-timeout", "15", "vps", "broken", check=False)
     assert result.returncode != 0
     assert "never turned healthy" in reason(result), result.stderr

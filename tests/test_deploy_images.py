@@ -71,7 +71,7 @@ def test_the_weekly_timer_switches_nginx_to_a_newer_build_without_a_gap(
     before = nginx_builds(vps, slug)
     newer = newer_nginx(tmp_path, "newer")
     push_to_a_registry_on(vps, newer, VPS_DIR / "registry", name="library/nginx:1.30")
-    with Load(vps.port(80)) as load:
+    with Load(vps.port(80), vps.nginx_errors) as load:
         timer = vps.ssh("root", f"systemctl start {slug}-refresh-images.service", check=False)
         # Some load on the new nginx alone, after the old one stopped.
         load.run_until(time.time() + 2)

@@ -101,7 +101,7 @@ def serving(vps: Vps, project) -> list[str]:
 def survives(vps: Vps, project, old: str, new: str, args: list[str], blow) -> subprocess.CompletedProcess:
     """Deploy from OLD to NEW under load, cut short by BLOW: the server's run
     finishes the switch with no failed request, and NEW alone serves."""
-    with Load(vps.port(80)) as load:
+    with Load(vps.port(80), vps.nginx_errors) as load:
         started = time.time()
         result = cut_short(vps, project, args, blow)
         log = server_run(vps, project)

@@ -229,7 +229,7 @@ def test_a_rolling_update_fails_no_request(nodes, ssh_config, project, scenario)
     scenario.starts_after("first deploy")
     manager, _ = nodes
     _, slug = project
-    with Load(manager.port(80)) as load:
+    with Load(manager.port(80), manager.nginx_errors) as load:
         result = swarm_script(ssh_config, project, "deploy", "manager", "relB")
         load.run_until(time.time() + 3)
     load.check(None)
@@ -245,7 +245,7 @@ def test_a_release_that_fails_its_health_check_is_rolled_back_by_swarm(nodes, ss
     scenario.starts_after("rolling update")
     manager, _ = nodes
     _, slug = project
-    with Load(manager.port(80)) as load:
+    with Load(manager.port(80), manager.nginx_errors) as load:
         result = swarm_script(ssh_config, project, "deploy", "manager", "broken", check=False)
     load.check(None)
     assert result.returncode != 0
@@ -260,7 +260,7 @@ def test_scripts_rollback_goes_back_to_the_release_before(nodes, ssh_config, pro
     scenario.starts_after("rollback")
     manager, _ = nodes
     _, slug = project
-    with Load(manager.port(80)) as load:
+    with Load(manager.port(80), manager.nginx_errors) as load:
         result = swarm_script(ssh_config, project, "rollback", "manager")
         load.run_until(time.time() + 3)
     load.check(None)
@@ -279,7 +279,7 @@ def test_draining_a_node_moves_its_app_tasks_while_requests_succeed(nodes, proje
     manager, _ = nodes
     _, slug = project
     server = f"/srv/{slug}/scripts/server.sh"
-    with Load(manager.port(80)) as load:
+    with Load(manager.port(80), manager.nginx_errors) as load:
         drained = on(manager, f"{server} drain worker", user="deploy")
         assert app_nodes(manager, slug) == ["manager", "manager"]
         assert replicas(manager, slug) == "2/2"
@@ -287,7 +287,7 @@ def test_draining_a_node_moves_its_app_tasks_while_requests_succeed(nodes, proje
     load.check(None)
     assert "--> draining worker" in drained
     assert on(manager, "docker node inspect --format '{{.Spec.Availability}}' worker") == "drain"
-    with Load(manager.port(80)) as load:
+    with Load(manager.port(80), manager.nginx_errors) as load:
         on(manager, f"{server} activate worker", user="deploy")
         load.run_until(time.time() + 3)
     load.check(None)

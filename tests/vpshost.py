@@ -90,6 +90,16 @@ class Vps:
     def journal(self) -> str:
         return self.ssh("root", "journalctl --no-pager -n 80", check=False).stdout
 
+    def nginx_errors(self) -> str:
+        """The last warnings and errors of every nginx container on the
+        server (compose's or a swarm's), which say why a request failed."""
+        command = (
+            "for c in $(docker ps --all --quiet --filter name=nginx); do"
+            " docker logs --since 15m \"$c\" 2>&1 | grep -E '\\[(warn|error|crit|alert)\\]';"
+            " done | tail -n 40"
+        )
+        return self.ssh("root", command, check=False).stdout
+
 
 def push_to_a_registry_on(vps: Vps, image: str, registry_dir: Path, name: str = "") -> None:
     """Push IMAGE (as NAME, if given) to a registry inside the VPS, published
@@ -240,7 +250,7 @@ def switch_under_load(
     """Run scripts/NAME, which switches from release OLD to another, under
     load that goes on until AROUND seconds after OLD's containers stopped;
     check the load (Load.check)."""
-    with Load(vps.port(80)) as load:
+    with Load(vps.port(80), vps.nginx_errors) as load:
         started = time.time()
         result = script(vps, project, name, *args)
         stopped = stop_moment(result, old, started)

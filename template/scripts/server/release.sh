@@ -324,8 +324,7 @@ wait_healthy() {
 
 # nginx keeps the old addresses until it resolves app again. A request sent
 # to one now waits for proxy_connect_timeout before nginx tries the new
-# release and stops using the old address: better one of ours than a
-# visitor's. /healthz answers over plain http even with HTTPS on.
+# release. /healthz answers over plain http even with HTTPS on.
 check_nginx_serves() {
     local release=$1 port answers=0 deadline=$((SECONDS + 60)) answer
     step "checking that nginx serves $release"
