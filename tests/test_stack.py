@@ -8,6 +8,7 @@ that stop the database or restart the stack come last.
 from __future__ import annotations
 
 import importlib.util
+import json
 import re
 import uuid
 
@@ -217,6 +218,40 @@ def test_image_runs_as_non_root_with_a_healthcheck(stack: Stack):
         service = container.config.labels["com.docker.compose.service"]
         published = {k: v for k, v in (container.network_settings.ports or {}).items() if v}
         assert bool(published) == (service == "edge"), f"{service} publishes {published}"
+
+
+# Run in the app's container: what the image left out, and that what the
+# app loads still works without it.
+LEFT_OUT = """
+import json, pathlib, boto3, botocore
+data = pathlib.Path(botocore.__file__).parent / "data"
+boto3.client("s3", region_name="eu-west-1", aws_access_key_id="k", aws_secret_access_key="s")
+boto3.client("sts", region_name="eu-west-1", aws_access_key_id="k", aws_secret_access_key="s")
+locale = list(pathlib.Path("/opt/venv").rglob("locale/*/LC_MESSAGES/*"))
+print(json.dumps({
+    "botocore services": sorted(p.name for p in data.iterdir() if p.is_dir()),
+    "translation files": sorted({p.suffix for p in locale}),
+}))
+"""
+TRANSLATED = """
+import django
+from django.utils import translation
+django.setup()
+with translation.override("fr"):
+    print(translation.gettext("Yes"))
+"""
+
+
+def test_the_image_leaves_out_what_the_app_never_loads(stack: Stack):
+    app = docker.from_env().containers.get(stack.compose("ps", "-q", "app").stdout.strip())
+    result = app.exec_run(["python", "-c", LEFT_OUT])
+    assert result.exit_code == 0, result.output.decode()
+    found = json.loads(result.output.decode().splitlines()[-1])
+    assert found["botocore services"] == ["s3", "signin", "sso", "sso-oidc", "sts"]
+    if (stack.project / "manage.py").exists():  # Django
+        assert found["translation files"] == [".mo"]
+        result = app.exec_run(["python", "-c", TRANSLATED])
+        assert result.output.decode().strip() == "Oui", result.output.decode()
 
 
 def test_readyz_follows_the_database(stack: Stack):
