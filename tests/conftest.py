@@ -80,6 +80,7 @@ def _env_flag(name: str) -> bool:
 # The VPS scenario's modules share one throwaway server and run in order.
 VPS_SCENARIO = (
     "test_deploy.py",
+    "test_deploy_restore.py",
     "test_deploy_images.py",
     "test_deploy_interrupted.py",
     "test_deploy_with_jobs.py",
@@ -109,8 +110,15 @@ def pytest_xdist_make_scheduler(config, log):
 # After pytest's own hook has deselected by -m/-k: only tests that will run count.
 @pytest.hookimpl(trylast=True)
 def pytest_collection_modifyitems(config, items):
-    # The longest first, so that they start while the others run.
-    items.sort(key=lambda item: next((n for n, names in enumerate(LONGEST) if item.path.name in names), 9))
+    # The longest first, so that they start while the others run; the VPS
+    # scenario's modules in the scenario's order.
+    def order(item) -> tuple[int, int]:
+        for n, names in enumerate(LONGEST):
+            if item.path.name in names:
+                return n, names.index(item.path.name)
+        return len(LONGEST), 0
+
+    items.sort(key=order)
     docker_items = [item for item in items if item.get_closest_marker("docker")]
     reason = docker_available() if docker_items else None
     if not reason:

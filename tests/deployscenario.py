@@ -18,6 +18,13 @@ from vpshost import Vps, build_from, build_release, run
 
 VPS_DIR = Path(__file__).parent / "vps"
 
+# The scenario's data: the rows the first deploy writes, as one digest, and
+# the home page's visit counter.
+TABLE_DIGEST = (
+    "SELECT count(*) || ' ' || md5(string_agg(id || ':' || payload, ',' ORDER BY id)) FROM deploy_rows;"
+)
+COUNTER = "SELECT value FROM counter WHERE name = 'home';"
+
 
 def start_vps(tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRequest) -> Iterator[Vps]:
     prepare_images(VPS_DIR)

@@ -35,6 +35,8 @@ case " $* " in
 esac
 case " $* " in
     *" -O check "*) [ ! -e "$FAKE_LOG/interrupted" ] || exit 255 ;;
+    # The port the server forwards to the laptop's registry (ship_layers).
+    *" -O forward "*) [ -z "${FAKE_SSH_NO_FORWARD:-}" ] || exit 255 && echo 41000 ;;
 esac
 if [ -n "${FAKE_SSH_STREAM_INT:-}" ] && [[ $command == "bash -c "* ]]; then
     # The stream's ssh as a Ctrl-C finds it: it exits 255 on SIGINT, and
@@ -56,19 +58,30 @@ case $command in
     # A swarm's manager when FAKE_SWARM_NODES lists its other nodes.
     *"DEPLOY_MODE=swarm"*) [ -n "${FAKE_SWARM_NODES:-}" ] ;;
     *"docker node inspect"*) printf '%s\n' "$FAKE_SWARM_NODES" ;;
-    # The server has every image; the swarm's other nodes have none.
-    *"docker image inspect"*) case ${*: -2:1} in *@10.*) exit 1 ;; *) echo sha256:local ;; esac ;;
+    # The server has every image (not the app's with FAKE_SERVER_LACKS);
+    # the swarm's other nodes have none.
+    *"docker image inspect"*)
+        case ${*: -2:1} in *@10.*) exit 1 ;; esac
+        [[ -z ${FAKE_SERVER_LACKS:-} || $command != *" my_app:"* ]] || exit 1
+        echo sha256:local
+        ;;
     *"server.sh backup "*) printf -- '--> dumped\n/srv/my_app/backups/my_app-1.dump\n' ;;
     "cat /srv/my_app/backups/my_app-1.dump ") echo "the dump" ;;
 esac
 """
 
-# The laptop's docker: every image is there, with the id the server has too.
+# The laptop's docker: every image is there, with the id the server has too;
+# a registry container starts (ship_layers) unless FAKE_NO_REGISTRY is set.
 FAKE_DOCKER = r"""#!/usr/bin/env bash
 printf '%s\n' "$*" >>"$FAKE_LOG/docker"
 case $* in
     "image inspect --format {{.Id}} "*) echo sha256:local ;;
     "image inspect --format {{.Os}}/{{.Architecture}} "*) echo "${FAKE_PLATFORM:-linux/amd64}" ;;
+    "run --detach --rm --publish 127.0.0.1::5000 "*)
+        [ -z "${FAKE_NO_REGISTRY:-}" ] || { echo "port is already allocated" >&2 && exit 125; }
+        echo registry-1
+        ;;
+    "port registry-1 5000/tcp") echo 127.0.0.1:40000 ;;
 esac
 """
 

@@ -11,21 +11,27 @@
 DEPLOYS=deploys
 DEPLOY_LOGS_KEPT=20
 
-# server.sh receive STAGE RELEASE [--load] [--tag IMAGE | --pull IMAGE]
-#   [--source TEXT] [--keep N] [--health-timeout SECONDS]
+# server.sh receive STAGE RELEASE [--load] [--tag IMAGE | --pull IMAGE |
+#   --fetch IMAGE] [--source TEXT] [--keep N] [--health-timeout SECONDS]
 # Run from STAGE/scripts/server.sh by scripts/deploy's stream, with the lock
 # held on file descriptor 9 and the images (docker save | gzip) on stdin
-# when --load is given.
+# when --load is given. --fetch pulls the app's image from the registry on
+# the deploying machine, forwarded to this one's loopback for the stream.
 cmd_receive() {
     local stage=$1 release="" source=uploaded keep=${KEEP_RELEASES:-5} timeout=180 load=false tag="" pull=""
+    local fetch=""
     shift
     local args=()
     while [ $# -gt 0 ]; do
         case $1 in
             --load) load=true ;;
-            --tag | --pull)
+            --tag | --pull | --fetch)
                 [ $# -ge 2 ] || usage_error "$1 needs a value"
-                if [ "$1" = --tag ]; then tag=$2; else pull=$2; fi
+                case $1 in
+                    --tag) tag=$2 ;;
+                    --pull) pull=$2 ;;
+                    *) fetch=$2 ;;
+                esac
                 shift
                 ;;
             *) args+=("$1") ;;
@@ -43,8 +49,22 @@ cmd_receive() {
         gunzip | docker load | indent
     fi
     [ -z "$tag" ] || cmd_tag "$tag" "$release"
+    [ -z "$fetch" ] || fetch_layers "$fetch" "$release"
     run_detached deploy "$release" apply "$stage" "$release" --source "$source" --keep "$keep" \
         --health-timeout "$timeout" ${pull:+--pull "$pull"}
+}
+
+# fetch_layers IMAGE RELEASE: pull IMAGE, saying how many of its layers
+# came and how many were here already, and name it <project>:RELEASE.
+fetch_layers() {
+    local image=$1 release=$2 output fetched present
+    step "pulling the app's image from the deploying machine: only the layers this server lacks"
+    output=$(docker pull "$image" 2>&1) ||
+        die "could not pull $image through the SSH connection: $(tail -n 1 <<<"$output")"
+    fetched=$(grep -c ': Pull complete$' <<<"$output" || true)
+    present=$(grep -c ': Already exists$' <<<"$output" || true)
+    say "    $fetched layer(s) pulled, $present already here"
+    tag_release "$image" "$release"
 }
 
 # server.sh apply STAGE RELEASE [--pull IMAGE] [OPTIONS]: the detached half
