@@ -77,7 +77,7 @@ printf '%s\n' "$*" >>"$FAKE_LOG/docker"
 case $* in
     "image inspect --format {{.Id}} "*) echo sha256:local ;;
     "image inspect --format {{.Os}}/{{.Architecture}} "*) echo "${FAKE_PLATFORM:-linux/amd64}" ;;
-    "run --detach --rm --publish 127.0.0.1::5000 "*)
+    "run --detach --rm --name my_app-deploy-layers-"*" --publish 127.0.0.1::5000 "*)
         [ -z "${FAKE_NO_REGISTRY:-}" ] || { echo "port is already allocated" >&2 && exit 125; }
         echo registry-1
         ;;
