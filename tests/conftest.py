@@ -23,6 +23,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import uuid
 from collections.abc import Iterator
@@ -216,6 +217,20 @@ class Stack:
             "COMPOSE_PROJECT_NAME": self.name,
             "APP_RELEASE": self.release,
         }
+        # The same for the development image (compose.override.yaml names it
+        # SLUG-dev), through one more compose file outside the project.
+        self.dev_images: list[str] = []
+        if "compose.override.yaml" in files:
+            services = compose_config(project, *files, env=self.env)["services"]
+            retag = {
+                name: {"image": f"{service['image']}:{self.name}"}
+                for name, service in services.items()
+                if service.get("build", {}).get("target") == "dev"
+            }
+            extra = Path(tempfile.mkdtemp(prefix=f"{self.name}-")) / "compose.dev-image.json"
+            extra.write_text(json.dumps({"services": retag}))
+            self.files = (*files, str(extra))
+            self.dev_images = sorted({image["image"] for image in retag.values()})
 
     @property
     def url(self) -> str:
@@ -251,6 +266,8 @@ class Stack:
 
     def down(self) -> None:
         self.compose("down", "-v", "--remove-orphans", "--timeout", "10", check=False)
+        if self.dev_images:
+            subprocess.run(["docker", "image", "rm", *self.dev_images], capture_output=True)
 
     def get(self, path: str, host: str = "localhost", **kwargs) -> requests.Response:
         headers = {"Host": f"{host}:{self.http_port}", **kwargs.pop("headers", {})}
