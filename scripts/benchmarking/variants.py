@@ -47,6 +47,15 @@ VARIANTS: dict[str, dict] = {
             )
         }
     },
+    # gthread accepting a connection only with a thread free (worker_connections
+    # = threads), so that the kernel hands each to an idle worker rather than
+    # queueing it behind a busy one; nginx then opens one per request, since
+    # an idle kept-alive connection would hold a slot. Direct figures are not
+    # meaningful here: wrk's kept-alive connections hold every slot.
+    "gthread-bounded": {
+        "gunicorn": "--worker-connections 2",
+        "edit": {"nginx/templates/default.conf.template": ("    keepalive 16;\n", "")},
+    },
     # compose.monitoring.yaml on top: Prometheus, Alertmanager and the exporters.
     "monitoring": {
         "files": ("compose.monitoring.yaml",),
