@@ -2,12 +2,12 @@
 tests/fakeserver.py: the restic commands a backup, a restore from offsite
 and the restore drill build (restic's official image, pinned once, the
 secrets passed by name only), the retention policy from .env, the reasons
-restic's exit statuses give, what status makes of the recorded outcome, and
-the timers' failure hook."""
+restic's exit statuses give (never with the repository's password), and
+what status makes of the recorded outcome. The timers' failure hook:
+tests/test_backup_failure_hook_units.py."""
 
 from __future__ import annotations
 
-import json
 import re
 import time
 
@@ -316,36 +316,6 @@ def test_status_fails_when_the_last_offsite_backup_failed(server):
     )
 
 
-# --- The failure hook ---
-
-
-def test_the_failure_hook_posts_to_the_webhook(server):
-    with (server.app_dir / ".env").open("a") as env:
-        env.write("BACKUP_FAILURE_WEBHOOK=https://hooks.example.net/T0/B0\n")
-    record(server, ".offsite-failed", f"{int(time.time())} no answer from the restic repository\n")
-    posted = server.app_dir.parent / "posted"
-    (server.bin / "curl").write_text(f'#!/bin/sh\nprintf "%s\\n" "$@" >"{posted}"\n')
-    result = server.run("backup-failed", "shop-backup.service")
-    assert result.returncode == 0, result.stderr
-    argv = posted.read_text().splitlines()
-    assert argv[-1] == "https://hooks.example.net/T0/B0"
-    body = argv[argv.index("--data") + 1]
-    assert re.fullmatch(
-        r'\{"text": "shop-backup\.service failed on \S+ at [0-9-]+ [0-9:]+ UTC: no answer from the restic '
-        r'repository \(journalctl -u shop-backup\.service says why\)"\}',
-        body,
-    ), body
-    assert "told BACKUP_FAILURE_WEBHOOK" in result.stdout
-
-
-def test_the_failure_hook_with_nobody_to_tell_fails(server):
-    server.rules = [(r"config --services$", "app\n", 0)]
-    assert one_line(server.run("backup-failed", "shop-backup.service")) == (
-        "backup-failed: nobody was told: set BACKUP_FAILURE_WEBHOOK or BACKUP_FAILURE_EMAIL in "
-        f"{server.app_dir}/.env"
-    )
-
-
 def test_messages_never_show_the_password_in_the_repositorys_url(server):
     (server.app_dir / ".env").write_text(
         "RESTIC_REPOSITORY=rest:https://shop:s3cret@backup.example.net/shop\nRESTIC_PASSWORD=x\n"
@@ -354,50 +324,3 @@ def test_messages_never_show_the_password_in_the_repositorys_url(server):
     reason = one_line(server.run("backup"))
     assert reason.endswith("does not open the repository at rest:https://***@backup.example.net/shop")
     assert "s3cret" not in (server.app_dir / "backups" / ".offsite-failed").read_text()
-
-
-def test_the_failure_hook_mails_through_email_url_without_the_password_on_a_command_line(server):
-    with (server.app_dir / ".env").open("a") as env:
-        env.write(
-            "EMAIL_URL=smtp+tls://alerts%40example.net:p%3Ass@smtp.example.net:587\n"
-            "BACKUP_FAILURE_EMAIL=ops@example.net\n"
-            'DEFAULT_FROM_EMAIL="Shop <noreply@example.net>"\n'
-        )
-    sent = server.app_dir.parent / "sent"
-    (server.bin / "curl").write_text(
-        "#!/bin/bash\n"
-        f'printf "%s\\n" "$@" >"{sent}.argv"\n'
-        f'cat >"{sent}.config"\n'
-        'while [ $# -gt 0 ]; do [ "$1" != --upload-file ] || message=$2; shift; done\n'
-        f'cat "$message" >"{sent}.message"\n'
-    )
-    server.rules = [(r"config --services$", "app\n", 0)]
-    result = server.run("backup-failed", "shop-backup-verify.service")
-    assert result.returncode == 0, result.stderr
-    argv = (server.app_dir.parent / "sent.argv").read_text().splitlines()
-    assert argv[argv.index("--url") + 1] == "smtp://smtp.example.net:587" and "--ssl-reqd" in argv
-    assert argv[argv.index("--mail-from") + 1] == "noreply@example.net"
-    assert argv[argv.index("--mail-rcpt") + 1] == "ops@example.net"
-    assert not any("p:ss" in word or "p%3Ass" in word for word in argv)
-    assert (server.app_dir.parent / "sent.config").read_text() == 'user = "alerts@example.net:p:ss"\n'
-    message = (server.app_dir.parent / "sent.message").read_bytes().decode()
-    assert "Subject: shop backup failed\r\n" in message and "To: ops@example.net\r\n" in message
-    assert "shop-backup-verify.service failed on " in message
-    assert "told ops@example.net" in result.stdout
-
-
-def test_the_failure_hook_fires_an_alert_with_the_monitoring_overlay(server):
-    server.rules = [(r"config --services$", "app\nalertmanager\n", 0)]
-    result = server.run("backup-failed", "shop-backup.service")
-    assert result.returncode == 0, result.stderr
-    [post] = [call for call in server.calls() if "--post-data" in call]
-    assert post[:7] == ["compose", "--project-name", "shop", "exec", "-T", "alertmanager", "wget"]
-    assert post[-1] == "http://127.0.0.1:9093/api/v2/alerts"
-    [alert] = json.loads(post[post.index("--post-data") + 1])
-    assert alert["labels"] == {
-        "alertname": "BackupFailed",
-        "severity": "critical",
-        "unit": "shop-backup.service",
-    }
-    assert alert["annotations"]["summary"].startswith("shop-backup.service failed on ")
-    assert "told Alertmanager" in result.stdout
