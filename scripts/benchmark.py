@@ -19,6 +19,10 @@ Then wrk (C, from Debian, in a container on each stack's network) loads
 server and through nginx: a warm-up, then ROUNDS rounds that interleave every
 series, recording the host's load average before and after each run. Memory
 per service is sampled at idle and halfway through the runs through nginx.
+Last, with the stacks down, each framework's project is deployed with its own
+scripts to a throwaway server (the test suite's VPS container): provision,
+a first deploy, then a one-line change, timed to serving, with the bytes the
+server received.
 
 Results go to OUTPUT (docs/benchmarks/): results.json, throughput.png,
 p99.png, and the generated part of README.md. Figures, not tests: nothing
@@ -39,6 +43,7 @@ from contextlib import ExitStack
 from pathlib import Path
 
 from benchmarking import docker, report
+from benchmarking.deploys import Deploys
 from benchmarking.figures import load_series
 from benchmarking.stacks import PEER_COMMIT, PEER_REPOSITORY, Ours, Peer, Target, prepare_images
 from benchmarking.variants import BUDGETS, VARIANTS
@@ -97,6 +102,9 @@ def main() -> int:
     parser.add_argument("--connections", type=int, default=32, help="wrk's open connections (default 32)")
     parser.add_argument("--no-peer", action="store_true", help=f"leave out {PEER_REPOSITORY}")
     parser.add_argument("--no-devserver", action="store_true", help="leave out the development servers")
+    parser.add_argument(
+        "--no-deploy", action="store_true", help="leave out the deploys to a throwaway server"
+    )
     parser.add_argument(
         "--peer-mirror", type=Path, help=f"a local clone of {PEER_REPOSITORY} (default: clone it from GitHub)"
     )
@@ -169,6 +177,14 @@ def main() -> int:
                 "memory_load": boot.memory_load,
             }
     results["runs"] = runs
+    results["deploys"] = {}
+    for framework in [] if args.no_deploy else frameworks:
+        with tempfile.TemporaryDirectory() as tmp:
+            deploys = Deploys(framework, Path(tmp))
+            try:
+                results["deploys"][framework] = deploys.run()
+            finally:
+                deploys.down()
     results["serving"] = load_series(runs)
     results["machine"]["load_at_end"] = list(os.getloadavg())
     page = report.write(results, args.output, plots=not args.no_plots)

@@ -162,6 +162,23 @@ def results() -> dict:
         "stacks": {"flask": stack, "peer": {**stack, "app_layers_mb": 187.0}},
         "runs": RUNS,
         "serving": load_series(RUNS),
+        "deploys": {
+            "flask": {
+                "provision": {"seconds": 16.1, "received_mb": 106.2},
+                "first_deploy": {
+                    "seconds": 61.4,
+                    "received_mb": 493.8,
+                    "layers_pulled": 10,
+                    "layers_present": 0,
+                },
+                "change_deploy": {
+                    "seconds": 24.7,
+                    "received_mb": 0.36,
+                    "layers_pulled": 1,
+                    "layers_present": 9,
+                },
+            }
+        },
     }
 
 
@@ -178,9 +195,21 @@ def test_page_gets_the_figures_between_its_markers_and_keeps_the_rest(tmp_path):
     assert "| flask | `/healthz` via nginx / direct | 0.95x | ≥ 0.92x | met |" in text
     assert "| flask | app image layers | 52.3 MB | < 40 MB | **missed** |" in text
     assert "| flask | whole stack's memory, idle | 240 MB | < 350 MB | met |" in text
+    assert "| flask | deploy of a one-line change, to serving | 24.7 s | < 30 s | met |" in text
+    assert "| flask | what that deploy sends the server | 0.4 MB | < 10 MB | met |" in text
+    assert "| flask | first deploy (every image) | 61.4 | 493.8 | 10 of 10 |" in text
+    assert "| flask | provision a fresh server | 16.1 | 106.2 |  |" in text
     # The peer's share: our Flask stack's median over the peer's.
     assert f"| `/healthz` | flask, nginx | 1,938 | {1938 / 2142:.2f}x | 22.0 |" in text
     assert json.loads((tmp_path / "results.json").read_text())["peer_commit"] == "0123456789abcdef"
+
+
+def test_a_run_without_deploys_says_so(tmp_path):
+    figures = results()
+    del figures["deploys"]
+    text = report.generated_part(figures, [])
+    assert "### Deploys\n\nThe project's own" in text and "Not measured in this run (`--no-deploy`)." in text
+    assert "| flask | deploy of a one-line change, to serving | n/a | < 30 s |  |" in text
 
 
 def test_page_without_markers_is_refused(tmp_path):

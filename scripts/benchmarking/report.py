@@ -24,6 +24,15 @@ TARGETS = {
     "idle_mb": {"flask": 350.0},
     "metrics_cost_pct": 5.0,
     "monitoring_mb": 200.0,
+    "deploy_s": 30.0,
+    "deploy_sent_mb": 10.0,
+}
+
+# The deploy benchmark's steps (deploys.py), as the page names them.
+DEPLOY_STEPS = {
+    "provision": "provision a fresh server",
+    "first_deploy": "first deploy (every image)",
+    "change_deploy": "deploy of a one-line change",
 }
 
 
@@ -86,6 +95,7 @@ def targets_table(results: dict) -> str:
             return figures and figures["p99_ms"]["median"]
 
         timings = stack["timings"]
+        change = results.get("deploys", {}).get(framework, {}).get("change_deploy", {})
         checks = [
             ("`/healthz` via nginx / direct", ratio(serving, framework, "/healthz", "nginx", "direct"),
              2, "x", TARGETS["healthz_ratio"], True),
@@ -99,6 +109,10 @@ def targets_table(results: dict) -> str:
              1, " s", TARGETS["copy_to_healthy_s"], False),
             ("warm rebuild, one-line change", timings.get("build_warm_s"),
              1, " s", TARGETS["build_warm_s"], False),
+            ("deploy of a one-line change, to serving", change.get("seconds"),
+             1, " s", TARGETS["deploy_s"], False),
+            ("what that deploy sends the server", change.get("received_mb"),
+             1, " MB", TARGETS["deploy_sent_mb"], False),
             ("whole stack's memory, idle", total_mb(stack["memory_idle"]),
              0, " MB", TARGETS["idle_mb"].get(framework), False),
             ("whole stack's memory, under load", total_mb(stack["memory_load"]), 0, " MB", None, False),
@@ -138,6 +152,25 @@ def memory_table(results: dict) -> str:
             rows.append([name, service, fmt(idle.get(service, 0) / MB), fmt(load.get(service, 0) / MB)])
         rows.append([name, "**all**", fmt(total_mb(idle)), fmt(total_mb(load))])
     return markdown_table(["stack", "service", "idle (MB)", "under load (MB)"], rows)
+
+
+def deploys_table(results: dict) -> str:
+    rows = []
+    for framework, steps in results.get("deploys", {}).items():
+        for step, label in DEPLOY_STEPS.items():
+            figures = steps.get(step)
+            if figures:
+                layers = (
+                    f"{figures['layers_pulled']} of {figures['layers_pulled'] + figures['layers_present']}"
+                    if "layers_pulled" in figures
+                    else ""
+                )
+                rows.append(
+                    [framework, label, fmt(figures["seconds"], 1), fmt(figures["received_mb"], 1), layers]
+                )
+    if not rows:
+        return "Not measured in this run (`--no-deploy`)."
+    return markdown_table(["stack", "step", "time (s)", "server received (MB)", "app layers sent"], rows)
 
 
 def versus_table(results: dict) -> str:
@@ -214,6 +247,11 @@ def generated_part(results: dict, plots: list[str]) -> str:
         "Cold: no layer cache (base images present, uv's download cache kept). Warm: after a one-line "
         "change to a view.\n\n" + builds_table(results),
         "### Memory\n\n" + memory_table(results),
+        "### Deploys\n\n"
+        "The project's own `scripts/provision` and `scripts/deploy` against a fresh server (the test "
+        "suite's VPS container), from this machine; times to the new release serving, and what the "
+        "server's network interface received meanwhile (SSH's own bytes included).\n\n"
+        + deploys_table(results),
         "\n\n".join(f"![{name[:-4]}]({name})" for name in plots),
     ]  # fmt: skip
     return "\n\n".join(parts)
