@@ -239,8 +239,8 @@ def test_readme_headline_names_each_stack_and_the_load(tmp_path):
     readme.write_text(f"# Template\n\n{report.BEGIN}\n{report.END}\n\n## Layout\n")
     report.write_headline(results(), readme)
     text = readme.read_text()
-    assert "| flask | 1,938 | 22.0 | n/a | n/a | 52.3 | 41.0 | 240 |" in text
-    assert "| peer | 2,142 | 22.0 |" in text
+    assert "| flask | 1,938 | 22.0 | n/a | n/a | 52.3 | 41.0 | 24.7 | 240 |" in text
+    assert "| peer | 2,142 | 22.0 | n/a | n/a | 187.0 | 41.0 | n/a | 240 |" in text
     assert "load average of 2.0 to 4.5" in text
     assert text.endswith(f"{report.END}\n\n## Layout\n")
 

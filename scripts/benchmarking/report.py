@@ -84,6 +84,11 @@ def overlay_mb(stacks: dict, framework: str) -> float | None:
     return max(added) / MB
 
 
+def change_deploy(results: dict, framework: str) -> dict:
+    """The figures of the deploy of a one-line change, if this run deployed."""
+    return results.get("deploys", {}).get(framework, {}).get("change_deploy", {})
+
+
 def targets_table(results: dict) -> str:
     serving = results["serving"]
     rows = []
@@ -95,7 +100,7 @@ def targets_table(results: dict) -> str:
             return figures and figures["p99_ms"]["median"]
 
         timings = stack["timings"]
-        change = results.get("deploys", {}).get(framework, {}).get("change_deploy", {})
+        change = change_deploy(results, framework)
         checks = [
             ("`/healthz` via nginx / direct", ratio(serving, framework, "/healthz", "nginx", "direct"),
              2, "x", TARGETS["healthz_ratio"], True),
@@ -287,7 +292,7 @@ def headline(results: dict) -> str:
             [name, figure(f"{name} /healthz {route}", "rps"), figure(f"{name} /healthz {route}", "p99_ms", 1),
              figure(f"{name} / {route}", "rps"), figure(f"{name} / {route}", "p99_ms", 1),
              fmt(stack.get("app_layers_mb"), 1), fmt(stack["timings"].get("copy_to_healthy_s"), 1),
-             fmt(total_mb(stack["memory_idle"]))]
+             fmt(change_deploy(results, name).get("seconds"), 1), fmt(total_mb(stack["memory_idle"]))]
         )  # fmt: skip
     header = [
         "stack",
@@ -297,6 +302,7 @@ def headline(results: dict) -> str:
         "p99 ms",
         "app layers MB",
         "to healthy s",
+        "deploy s",
         "idle MB",
     ]
     loads = [load for figures in serving.values() for load in figures["load"]]
@@ -304,7 +310,8 @@ def headline(results: dict) -> str:
         markdown_table(header, rows)
         + f"\n\nThrough nginx (the peer has none: direct), {results['settings']['connections']} connections, "
         f"medians of {results['settings']['rounds']} rounds; measured {results['date']} on "
-        f"{results['machine']['cores']} cores with a load average of {min(loads):.1f} to {max(loads):.1f}."
+        f"{results['machine']['cores']} cores with a load average of {min(loads):.1f} to {max(loads):.1f}. "
+        "*deploy s*: `scripts/deploy` of a one-line change to a fresh server, until the new release serves."
     )
 
 
