@@ -34,6 +34,14 @@ VARIANTS: dict[str, dict] = {
             )
         }
     },
+    # No access log at all, nginx's or Gunicorn's: what logging every request
+    # through Docker's log driver costs (a bound, not a setting to ship).
+    "no-logs": {
+        "gunicorn": "--access-logfile /dev/null",
+        "edit": {"nginx/nginx.conf": ("access_log  /var/log/nginx/access.log  json;", "access_log  off;")},
+    },
+    # One nginx worker rather than one per core: fewer processes on two cores.
+    "nginx-1worker": {"edit": {"nginx/nginx.conf": ("worker_processes  auto;", "worker_processes  1;")}},
     "nginx-keepalive64": {
         "edit": {"nginx/templates/default.conf.template": ("    keepalive 16;", "    keepalive 64;")}
     },
