@@ -46,6 +46,7 @@ class Deploys:
         self.framework = framework
         self.workdir = workdir / f"deploy-{framework}"
         self.vps: Vps | None = None
+        self.slug = ""
         self.figures: dict[str, dict] = {}
 
     def git(self, *args: str) -> str:
@@ -76,8 +77,11 @@ class Deploys:
         run("docker", "build", "--quiet", "--tag", VPS_IMAGE, str(vps_dir))
         # A name of its own: the builds' cache holds nothing of it yet, as
         # for a new project (a cached step run again gives other layers).
-        name = f"Deploy Benchmark {secrets.token_hex(3)}"
-        self.project = render(self.workdir / "project", framework=self.framework, project_name=name)
+        suffix = secrets.token_hex(3)
+        self.slug = f"deploy_benchmark_{suffix}"
+        self.project = render(
+            self.workdir / "project", framework=self.framework, project_name=f"Deploy Benchmark {suffix}"
+        )
         prepare_images(self.project)
         self.git("init", "--quiet")
         self.git("add", "--all")
@@ -97,5 +101,12 @@ class Deploys:
         return self.figures
 
     def down(self) -> None:
+        """The server and the releases' images built here."""
         if self.vps:
             self.vps.stop()
+        if self.slug:
+            # By name: an image id may carry other names too.
+            listed = run("docker", "image", "ls", "--filter", f"reference={self.slug}",
+                         "--format", "{{.Repository}}:{{.Tag}}")  # fmt: skip
+            if listed.split():
+                run("docker", "image", "rm", *listed.split())
