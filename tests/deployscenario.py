@@ -14,9 +14,7 @@ from pathlib import Path
 import pytest
 
 from conftest import prepare_images, render
-from vpshost import Vps, build_from, build_release, run
-
-VPS_DIR = Path(__file__).parent / "vps"
+from vpshost import Vps, build_from, build_release, run, vps_image
 
 # The scenario's data: the rows the first deploy writes, as one digest, and
 # the home page's visit counter.
@@ -27,9 +25,7 @@ COUNTER = "SELECT value FROM counter WHERE name = 'home';"
 
 
 def start_vps(tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRequest) -> Iterator[Vps]:
-    prepare_images(VPS_DIR)
-    run("docker", "build", "--quiet", "--tag", "template-test-vps", str(VPS_DIR))
-    server = Vps(tmp_path_factory.mktemp("vps"), "template-test-vps")
+    server = Vps(tmp_path_factory.mktemp("vps"), vps_image())
     failed_before = request.session.testsfailed
     try:
         server.start()

@@ -33,11 +33,10 @@ from pathlib import Path
 import pytest
 
 from conftest import ROOT, prepare_images, render
-from vpshost import Scenario, Vps, build_release, psql, reason, run, script, site_release
+from vpshost import Scenario, Vps, build_release, psql, reason, run, script, site_release, vps_image
 
 pytestmark = pytest.mark.docker
 
-VPS_DIR = Path(__file__).parent / "vps"
 RESTIC_IMAGE = re.search(
     r"^RESTIC_IMAGE=(\S+)$", (ROOT / "template/scripts/server/offsite.sh").read_text(), re.MULTILINE
 )[1]
@@ -104,9 +103,7 @@ class Offsite:
         return run("docker", "inspect", "--format", field, container).stdout.strip()
 
     def new_vps(self) -> Vps:
-        prepare_images(VPS_DIR)
-        run("docker", "build", "--quiet", "--tag", "template-test-vps", str(VPS_DIR))
-        self.vps = Vps(self.workdir / f"vps-{uuid.uuid4().hex[:6]}", "template-test-vps")
+        self.vps = Vps(self.workdir / f"vps-{uuid.uuid4().hex[:6]}", vps_image())
         self.vps.workdir.mkdir()
         self.vps.start()
         run("docker", "network", "connect", self.network, self.vps.name)

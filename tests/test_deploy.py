@@ -39,7 +39,6 @@ import re
 import selectors
 import subprocess
 import time
-from pathlib import Path
 
 import pytest
 import requests
@@ -47,6 +46,7 @@ import requests
 from deployscenario import COUNTER, TABLE_DIGEST
 from siteload import SITE_HEADERS, Load
 from vpshost import (
+    VPS_DIR,
     Scenario,
     Vps,
     css,
@@ -62,8 +62,6 @@ from vpshost import (
 )
 
 pytestmark = pytest.mark.docker
-
-VPS_DIR = Path(__file__).parent / "vps"
 
 
 # The VPS and the project are shared with the modules that go on with the

@@ -18,9 +18,8 @@ import time
 
 import pytest
 
-from deployscenario import VPS_DIR
 from siteload import Load
-from vpshost import Scenario, Vps, push_to_a_registry_on, run, site_release
+from vpshost import VPS_DIR, Scenario, Vps, push_to_a_registry_on, run, site_release
 
 pytestmark = pytest.mark.docker
 

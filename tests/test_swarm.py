@@ -35,11 +35,10 @@ import pytest
 
 from conftest import prepare_images, render
 from siteload import Load
-from vpshost import Scenario, Vps, build_from, build_release, reason, run, site_release
+from vpshost import Scenario, Vps, build_from, build_release, reason, run, site_release, vps_image
 
 pytestmark = pytest.mark.docker
 
-VPS_DIR = Path(__file__).parent / "vps"
 ROWS = "SELECT count(*) || ' ' || md5(string_agg(id::text, ',' ORDER BY id)) FROM swarm_rows;"
 
 
@@ -67,11 +66,10 @@ def project(tmp_path_factory):
 @pytest.fixture(scope="module")
 def nodes(tmp_path_factory, request):
     """The manager and a worker: provisioned, on one network, not yet a swarm."""
-    prepare_images(VPS_DIR)
-    run("docker", "build", "--quiet", "--tag", "template-test-vps", str(VPS_DIR))
+    image = vps_image()
     network = f"tt-swarm-{uuid.uuid4().hex[:8]}"
     run("docker", "network", "create", network)
-    servers = [Vps(tmp_path_factory.mktemp(name), "template-test-vps") for name in ("manager", "worker")]
+    servers = [Vps(tmp_path_factory.mktemp(name), image) for name in ("manager", "worker")]
     failed_before = request.session.testsfailed
     try:
         for server, name in zip(servers, ("manager", "worker"), strict=True):

@@ -23,6 +23,15 @@ import requests
 from conftest import free_port, prepare_images
 from siteload import SITE_HEADERS, Load
 
+VPS_DIR = Path(__file__).parent / "vps"
+
+
+def vps_image() -> str:
+    """The throwaway server's image (tests/vps/), built (from cache after the first time); its tag."""
+    prepare_images(VPS_DIR)
+    run("docker", "build", "--quiet", "--tag", "template-test-vps", str(VPS_DIR))
+    return "template-test-vps"
+
 
 def run(*command: str, check: bool = True, timeout: float = 600, **kwargs) -> subprocess.CompletedProcess:
     return subprocess.run(command, check=check, timeout=timeout, text=True, capture_output=True, **kwargs)

@@ -13,17 +13,12 @@ import sys
 import time
 from pathlib import Path
 
-import requests
-
 from .docker import run
 
 TESTS = Path(__file__).resolve().parents[2] / "tests"
 sys.path.insert(0, str(TESTS))
 from conftest import prepare_images, render  # noqa: E402
-from siteload import SITE_HEADERS  # noqa: E402
-from vpshost import Vps, script  # noqa: E402
-
-VPS_IMAGE = "template-test-vps"
+from vpshost import Vps, script, site_release, vps_image  # noqa: E402
 
 
 def received_bytes(vps: Vps) -> int:
@@ -65,16 +60,7 @@ class Deploys:
         }
         print(f"deploy {self.framework}: {step} {self.figures[step]}", flush=True)
 
-    def serving(self) -> str:
-        url = f"http://127.0.0.1:{self.vps.port(80)}/healthz"
-        response = requests.get(url, headers=SITE_HEADERS, timeout=10)
-        response.raise_for_status()
-        return response.json()["release"]
-
     def run(self) -> dict[str, dict]:
-        vps_dir = TESTS / "vps"
-        prepare_images(vps_dir)
-        run("docker", "build", "--quiet", "--tag", VPS_IMAGE, str(vps_dir))
         # A name of its own: the builds' cache holds nothing of it yet, as
         # for a new project (a cached step run again gives other layers).
         suffix = secrets.token_hex(3)
@@ -87,7 +73,7 @@ class Deploys:
         self.git("add", "--all")
         self.git("commit", "--quiet", "--message", "The generated project")
         (self.workdir / "vps").mkdir()
-        self.vps = Vps(self.workdir / "vps", VPS_IMAGE)
+        self.vps = Vps(self.workdir / "vps", vps_image())
         self.vps.start()
         self.timed_script("provision", "provision", "root@vps")
         self.timed_script("first_deploy", "deploy", "vps")
@@ -96,8 +82,9 @@ class Deploys:
         self.git("commit", "--quiet", "--all", "--message", "A one-line change")
         release = self.git("rev-parse", "--short=12", "HEAD")
         self.timed_script("change_deploy", "deploy", "vps")
-        if self.serving() != release:
-            raise RuntimeError(f"after the deploy of {release}, the server serves {self.serving()}")
+        serving = site_release(self.vps)
+        if serving != release:
+            raise RuntimeError(f"after the deploy of {release}, the server serves {serving}")
         return self.figures
 
     def down(self) -> None:
